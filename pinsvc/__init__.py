@@ -1,0 +1,1 @@
+"""pinsvc: pre-pull and pin container images on Kubernetes nodes."""
