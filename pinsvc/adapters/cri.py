@@ -1,0 +1,161 @@
+"""CRI ImageService client (grpc.aio over the runtime's unix socket).
+
+The only module that speaks `runtime.v1`. It returns plain model types and converts gRPC
+errors into pinsvc's error tree once, classifying pull failures by what the runtime says
+(CRI-O reports registry failures as UNKNOWN with the cause in the message).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import grpc
+
+from pinsvc import errors
+from pinsvc.adapters.pullsecret import Credentials
+from pinsvc.gen.runtime.v1 import api_pb2, api_pb2_grpc
+from pinsvc.model import RuntimeImage
+
+log = logging.getLogger("pinsvc.cri")
+
+_MAX_MESSAGE = 64 << 20  # ListImages on a busy node is large
+
+# Substrings of runtime error messages, checked in order; lower case.
+_NO_SPACE = ("no space left on device",)
+_NOT_FOUND = ("manifest unknown", "name unknown", "not found", "does not exist", "404")
+_UNAUTHORIZED = ("unauthorized", "authentication required", "denied", "401", "403", "forbidden")
+_TRANSIENT = ("too many requests", "toomanyrequests", "429", "500", "502", "503", "504",
+              "connection refused", "connection reset", "i/o timeout", "timeout", "timed out",
+              "eof", "no route to host", "temporary", "unavailable", "broken pipe",
+              "server misbehaving", "tls handshake")
+
+
+@dataclass(frozen=True)
+class FsUsage:
+    mountpoint: str
+    used_bytes: int
+
+
+def target(endpoint: str) -> str:
+    """gRPC target for a CRI endpoint. Unix sockets keep an explicit `unix:` scheme
+    (`unix:///abs/path` or `unix:/abs/path`), so no DNS resolver is ever involved."""
+    if endpoint.startswith("/"):
+        return "unix:" + endpoint
+    if endpoint.startswith("unix:"):
+        return endpoint
+    raise errors.InvalidArgument(f"CRI endpoint {endpoint!r} is not a unix socket (unix:///path)")
+
+
+class CriClient:
+    """ImageService calls with plain types in and out."""
+
+    def __init__(self, endpoint: str, *, timeout: float = 10.0):
+        self.endpoint = endpoint
+        self.timeout = timeout or None
+        self._channel = grpc.aio.insecure_channel(target(endpoint), options=[
+            ("grpc.max_receive_message_length", _MAX_MESSAGE),
+            # Reconnect quickly after a runtime restart.
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 1000),
+        ])
+        self._stub = api_pb2_grpc.ImageServiceStub(self._channel)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def image_status(self, image: str) -> RuntimeImage | None:
+        """The image, or None when the runtime does not have it."""
+        try:
+            resp = await self._stub.ImageStatus(
+                api_pb2.ImageStatusRequest(image=api_pb2.ImageSpec(image=image)), timeout=self.timeout)
+        except grpc.aio.AioRpcError as e:
+            if e.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise self._error(e, f"ImageStatus {image}") from e
+        return _image(resp.image) if resp.HasField("image") and resp.image.id else None
+
+    async def list_images(self) -> list[RuntimeImage]:
+        try:
+            resp = await self._stub.ListImages(api_pb2.ListImagesRequest(), timeout=self.timeout)
+        except grpc.aio.AioRpcError as e:
+            raise self._error(e, "ListImages") from e
+        return [_image(i) for i in resp.images]
+
+    async def pull(self, image: str, credentials: Credentials | None = None,
+                   timeout: float | None = None) -> str:
+        """Pulls `image` by exactly this reference; returns the image id. `timeout` bounds
+        the call (None = unbounded; the caller bounds attempts)."""
+        request = api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=image))
+        if credentials is not None:
+            request.auth.CopyFrom(_auth(credentials))
+        try:
+            resp = await self._stub.PullImage(request, timeout=timeout)
+        except grpc.aio.AioRpcError as e:
+            raise pull_error(image, e) from e
+        return resp.image_ref
+
+    async def remove(self, image: str) -> None:
+        try:
+            await self._stub.RemoveImage(
+                api_pb2.RemoveImageRequest(image=api_pb2.ImageSpec(image=image)), timeout=self.timeout)
+        except grpc.aio.AioRpcError as e:
+            if e.code() != grpc.StatusCode.NOT_FOUND:
+                raise self._error(e, f"RemoveImage {image}") from e
+
+    async def image_fs(self) -> list[FsUsage]:
+        """The image filesystems: mountpoint and used bytes (never free bytes)."""
+        try:
+            resp = await self._stub.ImageFsInfo(api_pb2.ImageFsInfoRequest(), timeout=self.timeout)
+        except grpc.aio.AioRpcError as e:
+            raise self._error(e, "ImageFsInfo") from e
+        return [FsUsage(fs.fs_id.mountpoint, fs.used_bytes.value) for fs in resp.image_filesystems]
+
+    def _error(self, e: grpc.aio.AioRpcError, what: str) -> errors.PinsvcError:
+        code = e.code()
+        if code == grpc.StatusCode.UNAVAILABLE:
+            return errors.RuntimeUnavailable(
+                f"container runtime at {self.endpoint} is not reachable ({what}): {e.details()}")
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return errors.Timeout(f"container runtime at {self.endpoint}: {what} timed out")
+        return errors.RuntimeError_(f"container runtime: {what} failed: {code.name}: {e.details()}",
+                                    retryable=code in (grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                                       grpc.StatusCode.ABORTED))
+
+
+def pull_error(image: str, e: grpc.aio.AioRpcError) -> errors.PinsvcError:
+    """Classifies a failed PullImage by its status code and the runtime's message."""
+    code, details = e.code(), (e.details() or "").strip()
+    text = details.lower()
+    cause = f"pull {image}: {details or code.name}"
+    if code == grpc.StatusCode.UNAVAILABLE and ("connect" in text or "socket" in text or not details):
+        return errors.RuntimeUnavailable(f"pull {image}: container runtime is not reachable: {details}")
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return errors.Timeout(f"pull {image}: timed out in the runtime")
+    if any(s in text for s in _NO_SPACE):
+        return errors.NoSpaceLeft(f"pull {image}: no space left on device in the runtime's storage")
+    if code == grpc.StatusCode.NOT_FOUND or any(s in text for s in _NOT_FOUND):
+        return errors.ImageNotFound(f"pull {image}: image not found in the registry ({details})")
+    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED) or any(
+            s in text for s in _UNAUTHORIZED):
+        return errors.Unauthorized(f"pull {image}: the registry refused access ({details})")
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return errors.InvalidArgument(cause)
+    if any(s in text for s in _TRANSIENT) or code in (grpc.StatusCode.UNAVAILABLE,
+                                                        grpc.StatusCode.RESOURCE_EXHAUSTED):
+        return errors.RegistryError(cause, retryable=True)
+    # An unclassified runtime failure: retried within the attempt budget.
+    return errors.RuntimeError_(cause, retryable=True)
+
+
+def _image(img: api_pb2.Image) -> RuntimeImage:
+    return RuntimeImage(id=img.id, repo_digests=tuple(img.repo_digests), repo_tags=tuple(img.repo_tags),
+                        size=img.size, pinned=img.pinned)
+
+
+def _auth(c: Credentials) -> api_pb2.AuthConfig:
+    return api_pb2.AuthConfig(username=c.username or "", password=c.password or "",
+                              server_address=c.server_address or "",
+                              identity_token=c.identity_token or "",
+                              registry_token=c.registry_token or "")

@@ -1,0 +1,261 @@
+"""Agent settings: frozen dataclasses per topic, filled from defaults, a TOML file, the
+environment (`PINSVC_<SECTION>_<FIELD>`) and flags (`--<section>-<field>`), in rising order
+of precedence. Every field documents its unit in its metadata `help`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import platform
+import socket
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pinsvc.errors import InvalidArgument
+
+GiB = 1 << 30
+
+
+def _f(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    socket: Path = _f(Path("/run/pinsvc/pinsvc.sock"), "unix socket to serve on ('' = none)")
+    socket_mode: str = _f("0600", "permissions of the unix socket (octal)")
+    socket_group: str = _f("", "group owning the unix socket ('' = unchanged)")
+    tcp: str = _f("", "also serve on this TCP address, e.g. 127.0.0.1:9440 ('' = no TCP)")
+
+
+@dataclass(frozen=True)
+class SpaceSettings:
+    enabled: bool = _f(True, "check space before pulling")
+    decompression_factor: float = _f(2.0, "bytes on disk per compressed byte pulled")
+    min_free_bytes: int = _f(16 * GiB, "bytes that must stay free after the pulls")
+    max_usage_percent: float = _f(85.0, "usage after the pulls may not exceed this (kubelet GC high threshold)")
+
+
+@dataclass(frozen=True)
+class PullSettings:
+    parallelism: int = _f(5, "pulls in flight per request unless the request says otherwise")
+    max_parallelism: int = _f(10, "pulls in flight on the node across all requests")
+    attempt_timeout_seconds: float = _f(900.0, "bound of one pull attempt, queue time excluded (0 = none)")
+    max_attempts: int = _f(5, "attempts per image for transient failures")
+    backoff_initial_seconds: float = _f(1.0, "wait before the second attempt")
+    backoff_factor: float = _f(2.0, "growth of the wait per attempt")
+    backoff_max_seconds: float = _f(10.0, "cap of the wait between attempts")
+    backoff_jitter: float = _f(0.2, "random +/- fraction applied to each wait")
+
+
+@dataclass(frozen=True)
+class DropinSettings:
+    directory: Path = _f(Path("/etc/crio/crio.conf.d"), "CRI-O drop-in directory")
+    filename: str = _f("50-pinned-images", "name of the drop-in pinsvc manages")
+    temp_dir: Path = _f(Path(""), "where temp files are written before the rename; same filesystem as the directory ('' = its parent)")
+    adopt_foreign: bool = _f(False, "overwrite a file at the drop-in path that pinsvc did not write")
+    crio_binary: str = _f("crio", "crio binary used to validate a drop-in before installing it ('' = no validation)")
+    crio_config: Path = _f(Path("/etc/crio/crio.conf"), "CRI-O main config, for validation")
+
+
+@dataclass(frozen=True)
+class ReloadSettings:
+    strategy: str = _f("systemctl", "how to reload CRI-O: systemctl, signal or none")
+    systemd_unit: str = _f("crio", "unit reloaded by the systemctl strategy")
+    pidfile: Path = _f(Path(""), "pidfile of CRI-O for the signal strategy ('' = find the process)")
+    process_name: str = _f("crio", "executable name searched for by the signal strategy")
+
+
+@dataclass(frozen=True)
+class VerifySettings:
+    timeout_seconds: float = _f(30.0, "how long to wait for the runtime to report the pins")
+    poll_interval_seconds: float = _f(0.05, "pause between two reads of the runtime's images")
+
+
+@dataclass(frozen=True)
+class RegistrySettings:
+    insecure: tuple[str, ...] = _f((), "registry hosts (host:port) reached over plain HTTP")
+    pull_secret: Path = _f(Path("/var/lib/kubelet/config.json"), "kubelet pull secret (docker config.json format)")
+    timeout_seconds: float = _f(30.0, "bound of one manifest request")
+    max_concurrency: int = _f(16, "manifest requests in flight")
+
+
+@dataclass(frozen=True)
+class Settings:
+    node_name: str = _f(socket.gethostname(), "name of this node in status")
+    cri_endpoint: str = _f("unix:///var/run/crio/crio.sock", "CRI endpoint of the runtime")
+    cri_timeout_seconds: float = _f(10.0, "bound of one CRI call other than PullImage")
+    state_dir: Path = _f(Path("/var/lib/pinsvc"), "where the state file and manifest cache live")
+    log_level: str = _f("info", "debug, info, warning or error")
+    server: ServerSettings = field(default_factory=ServerSettings)
+    space: SpaceSettings = field(default_factory=SpaceSettings)
+    pull: PullSettings = field(default_factory=PullSettings)
+    dropin: DropinSettings = field(default_factory=DropinSettings)
+    reload: ReloadSettings = field(default_factory=ReloadSettings)
+    verify: VerifySettings = field(default_factory=VerifySettings)
+    registry: RegistrySettings = field(default_factory=RegistrySettings)
+
+    @property
+    def dropin_path(self) -> Path:
+        return self.dropin.directory / self.dropin.filename
+
+    @property
+    def dropin_temp_dir(self) -> Path:
+        return self.dropin.temp_dir if str(self.dropin.temp_dir) not in ("", ".") else self.dropin.directory.parent
+
+
+def node_platform() -> tuple[str, str, str]:
+    """(os, architecture, variant) of this node in OCI terms."""
+    machine = platform.machine().lower()
+    arch = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le": "ppc64le",
+            "s390x": "s390x"}.get(machine, machine)
+    return ("linux", arch, "v7" if arch == "arm" else "")
+
+
+# ---- loading -------------------------------------------------------------------------------
+
+def _sections() -> dict[str, type]:
+    """Section name -> settings class, for the nested dataclasses of Settings."""
+    hints = typing.get_type_hints(Settings)
+    return {f.name: hints[f.name] for f in dataclasses.fields(Settings)
+            if dataclasses.is_dataclass(hints[f.name])}
+
+
+def _leaves() -> list[tuple[str | None, str, type, str]]:
+    """(section or None, field, type, help) for every setting."""
+    out = []
+    top_hints = typing.get_type_hints(Settings)
+    for f in dataclasses.fields(Settings):
+        cls = top_hints[f.name]
+        if dataclasses.is_dataclass(cls):
+            hints = typing.get_type_hints(cls)
+            out += [(f.name, g.name, hints[g.name], g.metadata["help"]) for g in dataclasses.fields(cls)]
+        else:
+            out.append((None, f.name, cls, f.metadata["help"]))
+    return out
+
+
+def _convert(value: Any, kind: type, name: str) -> Any:
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if typing.get_origin(kind) is tuple:
+            if isinstance(value, (list, tuple)):
+                return tuple(str(v) for v in value)
+            return tuple(v.strip() for v in str(value).split(",") if v.strip())
+        if kind is int and isinstance(value, str):
+            return int(value, 0)
+        return kind(value)
+    except (TypeError, ValueError):
+        raise InvalidArgument(f"setting {name}: {value!r} is not a valid {getattr(kind, '__name__', kind)}") from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds `--config` and one flag per setting (default None = not given)."""
+    parser.add_argument("--config", type=Path, help="TOML settings file (sections as below)")
+    for section, name, kind, help in _leaves():
+        flag = "--" + (f"{section}-{name}" if section else name).replace("_", "-")
+        dest = f"{section}__{name}" if section else name
+        if kind is bool:
+            parser.add_argument(flag, dest=dest, default=None, action=argparse.BooleanOptionalAction, help=help)
+        elif typing.get_origin(kind) is tuple:
+            parser.add_argument(flag, dest=dest, default=None, action="append", help=help + " (repeatable)")
+        else:
+            parser.add_argument(flag, dest=dest, default=None, help=help)
+
+
+def load(args: argparse.Namespace | None = None, env: dict[str, str] | None = None,
+         file: Path | None = None) -> Settings:
+    """Settings from defaults < TOML file < environment < flags. Raises InvalidArgument naming
+    the bad setting."""
+    env = os.environ if env is None else env
+    file = file or (getattr(args, "config", None) if args else None) or (
+        Path(env["PINSVC_CONFIG"]) if env.get("PINSVC_CONFIG") else None)
+    values: dict[tuple[str | None, str], Any] = {}
+    if file:
+        try:
+            doc = tomllib.loads(Path(file).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise InvalidArgument(f"settings file {file}: {e}") from e
+        known = {(s, n) for s, n, _, _ in _leaves()}
+        for key, value in doc.items():
+            if isinstance(value, dict) and key in _sections():
+                for sub, v in value.items():
+                    if (key, sub) not in known:
+                        raise InvalidArgument(f"settings file {file}: unknown setting [{key}] {sub}")
+                    values[(key, sub)] = v
+            elif (None, key) in known:
+                values[(None, key)] = value
+            else:
+                raise InvalidArgument(f"settings file {file}: unknown setting {key}")
+    for section, name, _, _ in _leaves():
+        var = "PINSVC_" + (f"{section}_{name}" if section else name).upper()
+        if var in env:
+            values[(section, name)] = env[var]
+        dest = f"{section}__{name}" if section else name
+        if args is not None and getattr(args, dest, None) is not None:
+            values[(section, name)] = getattr(args, dest)
+    return build(values)
+
+
+def build(values: dict[tuple[str | None, str], Any]) -> Settings:
+    kinds = {(s, n): k for s, n, k, _ in _leaves()}
+    top: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {}
+    for (section, name), value in values.items():
+        label = f"{section}.{name}" if section else name
+        converted = _convert(value, kinds[(section, name)], label)
+        (nested.setdefault(section, {}) if section else top)[name] = converted
+    for section, cls in _sections().items():
+        top[section] = cls(**nested.get(section, {}))
+    settings = Settings(**top)
+    validate(settings)
+    return settings
+
+
+def validate(s: Settings) -> None:
+    problems = []
+    if s.reload.strategy not in ("systemctl", "signal", "none"):
+        problems.append(f"reload.strategy {s.reload.strategy!r} is not one of systemctl, signal, none")
+    if s.pull.parallelism < 1 or s.pull.max_parallelism < 1:
+        problems.append("pull.parallelism and pull.max_parallelism must be >= 1")
+    if s.pull.max_attempts < 1:
+        problems.append(f"pull.max_attempts {s.pull.max_attempts} must be >= 1")
+    if s.space.decompression_factor <= 0:
+        problems.append(f"space.decompression_factor {s.space.decompression_factor} must be > 0")
+    if not 0 < s.space.max_usage_percent <= 100:
+        problems.append(f"space.max_usage_percent {s.space.max_usage_percent} must be in (0, 100]")
+    if not s.cri_endpoint.startswith(("unix://", "unix:")) and "://" in s.cri_endpoint:
+        problems.append(f"cri_endpoint {s.cri_endpoint!r}: only unix:// endpoints are supported")
+    try:
+        int(s.server.socket_mode, 8)
+    except ValueError:
+        problems.append(f"server.socket_mode {s.server.socket_mode!r} is not octal")
+    if "/" in s.dropin.filename or s.dropin.filename in ("", ".", ".."):
+        problems.append(f"dropin.filename {s.dropin.filename!r} must be a plain file name")
+    if problems:
+        raise InvalidArgument(problems)
+
+
+def replace(settings: Settings, **sections: dict[str, Any]) -> Settings:
+    """A copy with some fields changed: replace(s, pull={"parallelism": 3}, node_name="n1")."""
+    top = {}
+    for key, value in sections.items():
+        if isinstance(value, dict):
+            top[key] = dataclasses.replace(getattr(settings, key), **value)
+        else:
+            top[key] = value
+    return dataclasses.replace(settings, **top)
+

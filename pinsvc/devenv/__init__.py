@@ -1,0 +1,1 @@
+"""Development environment: real peers (registry, CRI-O, crictl) and test images."""

@@ -1,0 +1,118 @@
+"""Digest references and set names: parsing and validation (pure).
+
+A pinned image is named by a fully qualified digest reference,
+`host[:port]/path@sha256:<64 lowercase hex>`, the only form CRI-O can pin reliably (pins
+match the name an image was pulled by) and the only form OpenShift's PinnedImageSet takes.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from pinsvc.errors import InvalidArgument
+
+MAX_REFERENCE_LENGTH = 447
+MAX_IMAGES_PER_SET = 500
+MAX_SET_NAME_LENGTH = 253
+
+_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_HOST = rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[0-9a-fA-F:]+\])(?::[0-9]{{1,5}})?"
+_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_REFERENCE = re.compile(
+    rf"^(?P<host>{_HOST})/(?P<path>{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*)"
+    rf"(?::(?P<tag>[\w][\w.-]{{0,127}}))?"
+    rf"(?:@(?P<algorithm>[A-Za-z][A-Za-z0-9]*(?:[+._-][A-Za-z][A-Za-z0-9]*)*):(?P<hex>[0-9a-zA-Z=_-]+))?$"
+)
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+_SET_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*$")
+
+
+@dataclass(frozen=True, order=True)
+class ImageRef:
+    """A validated digest reference."""
+
+    host: str
+    path: str
+    digest: str  # "sha256:<hex>"
+
+    @property
+    def repository(self) -> str:
+        return f"{self.host}/{self.path}"
+
+    def __str__(self) -> str:
+        return f"{self.host}/{self.path}@{self.digest}"
+
+
+def reference_problem(text: str) -> str | None:
+    """Why `text` is not an acceptable digest reference, or None when it is."""
+    shown = _shorten(text)
+    if not text:
+        return "empty image reference"
+    if len(text) > MAX_REFERENCE_LENGTH:
+        return f"image reference {shown} is {len(text)} characters long (at most {MAX_REFERENCE_LENGTH})"
+    if text != text.strip() or any(c.isspace() or not c.isprintable() for c in text):
+        return f"image reference {shown} contains whitespace or control characters"
+    match = _REFERENCE.match(text)
+    if match is None:
+        if "/" not in text.split("@")[0]:
+            return f"image reference {shown} is not fully qualified: it needs a registry host, e.g. quay.io/{text}"
+        return f"image reference {shown} is malformed (want host[:port]/path@sha256:<64 hex>)"
+    host = match["host"]
+    if "." not in host and ":" not in host and host != "localhost":
+        return (f"image reference {shown} is not fully qualified: {host!r} is not a registry "
+                f"host (it needs a dot, a port or 'localhost')")
+    if match["algorithm"] is None:
+        if match["tag"] is not None:
+            return f"image reference {shown} uses tag {match['tag']!r}: only digest references (@sha256:...) can be pinned"
+        return f"image reference {shown} has no digest: only digest references (@sha256:...) can be pinned"
+    if match["tag"] is not None:
+        return f"image reference {shown} has both a tag and a digest: give the digest alone"
+    if match["algorithm"] != "sha256":
+        return f"image reference {shown} uses digest algorithm {match['algorithm']!r}: only sha256 is accepted"
+    if not _SHA256_HEX.match(match["hex"]):
+        return f"image reference {shown} has a malformed sha256 digest (want 64 lowercase hex characters)"
+    return None
+
+
+def parse_reference(text: str) -> ImageRef:
+    """Parses a digest reference; raises InvalidArgument naming the value."""
+    problem = reference_problem(text)
+    if problem:
+        raise InvalidArgument(problem)
+    name, digest = text.split("@", 1)
+    host, path = name.split("/", 1)
+    return ImageRef(host=host, path=path, digest=digest)
+
+
+def set_name_problem(name: str) -> str | None:
+    """Why `name` is not an RFC 1123 subdomain, or None when it is."""
+    if not name:
+        return "empty set name"
+    if len(name) > MAX_SET_NAME_LENGTH:
+        return f"set name {_shorten(name)} is {len(name)} characters long (at most {MAX_SET_NAME_LENGTH})"
+    if not _SET_NAME.match(name):
+        return (f"set name {_shorten(name)} is not an RFC 1123 subdomain (lowercase letters, "
+                f"digits, '-' and '.', starting and ending with a letter or digit)")
+    return None
+
+
+def parse_references(texts: list[str], *, where: str = "") -> list[ImageRef]:
+    """Validates every reference, collapsing duplicates (first occurrence wins the order).
+    Raises one InvalidArgument naming every bad value."""
+    problems: list[str] = []
+    refs: dict[str, ImageRef] = {}
+    for text in texts:
+        problem = reference_problem(text)
+        if problem:
+            problems.append(f"{where}{problem}")
+        elif text not in refs:
+            refs[text] = parse_reference(text)
+    if problems:
+        raise InvalidArgument(problems)
+    return list(refs.values())
+
+
+def _shorten(text: str, limit: int = 120) -> str:
+    shown = repr(text)
+    return shown if len(shown) <= limit else shown[: limit - 4] + "...'"
