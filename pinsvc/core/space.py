@@ -140,9 +140,10 @@ class SpaceChecker:
                 f"cannot statvfs the image filesystem {mountpoint} reported by the runtime: {e}") from e
 
     async def plan(self, images: list[str], present: set[str] | None = None,
-                   listed: list[RuntimeImage] | None = None) -> SpacePlan:
-        """The plan for `images` (validated references). Raises the registry's error when a
-        missing image cannot be sized (e.g. ImageNotFound naming it)."""
+                   listed: list[RuntimeImage] | None = None
+                   ) -> tuple[SpacePlan, dict[str, errors.PinsvcError]]:
+        """The plan for `images` (validated references), and the images that could not be
+        sized with why (e.g. ImageNotFound naming the image); those are left out of the plan."""
         if listed is None:
             listed = await self.runtime.list_images()
         if present is None:
@@ -150,26 +151,26 @@ class SpaceChecker:
         missing = [i for i in images if i not in present]
         fs_task = asyncio.ensure_future(self.filesystem())
         try:
-            layers = await self._layers(missing)
-            on_node = await self._layers_on_node(listed) if missing else set()
+            layers, failed = await self._layers(missing)
+            on_node = await self._layers_on_node(listed) if layers else set()
             fs = await fs_task
         finally:
             fs_task.cancel()
-        return plan_space(images, present, layers, on_node, fs, self.settings)
+        sized = [i for i in images if i not in failed]
+        return plan_space(sized, present, layers, on_node, fs, self.settings), failed
 
-    async def _layers(self, images: list[str]) -> dict[str, tuple[Layer, ...]]:
+    async def _layers(self, images: list[str]
+                      ) -> tuple[dict[str, tuple[Layer, ...]], dict[str, errors.PinsvcError]]:
         refs = [parse_reference(i) for i in images]
-        fetched = await self.manifests.many(refs)
-        out, failures = {}, []
+        fetched = await self.manifests.many(refs) if refs else {}
+        layers, failed = {}, {}
         for image, ref in zip(images, refs):
             result = fetched[ref]
             if isinstance(result, Exception):
-                failures.append(result)
+                failed[image] = errors.combined([result])
             else:
-                out[image] = tuple(Layer(l.digest, l.size) for l in result.layers)
-        if failures:
-            raise errors.combined(failures)
-        return out
+                layers[image] = tuple(Layer(l.digest, l.size) for l in result.layers)
+        return layers, failed
 
     async def _layers_on_node(self, listed: list[RuntimeImage]) -> set[str]:
         """Layer digests of the images the runtime has, from their manifests. An image whose

@@ -1,0 +1,5 @@
+import sys
+
+from pinsvc.cli import main
+
+sys.exit(main())

@@ -1,0 +1,179 @@
+"""The gRPC layer: a thin servicer (protobuf in, plain types to the Agent, protobuf out),
+error mapping at one boundary, health checking and reflection, unix socket and optional TCP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import grp
+import logging
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from pinsvc import errors
+from pinsvc.api import convert
+from pinsvc.config import Settings
+from pinsvc.core.agent import Agent
+from pinsvc.gen.pinsvc.v1 import pinsvc_pb2 as pb
+from pinsvc.gen.pinsvc.v1 import pinsvc_pb2_grpc
+
+log = logging.getLogger("pinsvc.api")
+SERVICE = "pinsvc.v1.PinService"
+_DONE = object()
+
+
+async def _abort(context: grpc.aio.ServicerContext, e: Exception) -> None:
+    """Maps an error to its gRPC status, once. Unknown exceptions become INTERNAL without
+    internals in the message."""
+    if isinstance(e, errors.PinsvcError):
+        await context.abort(e.code, str(e))
+    log.exception("internal error", exc_info=e)
+    await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}")
+
+
+class PinServicer(pinsvc_pb2_grpc.PinServiceServicer):
+    def __init__(self, agent: Agent):
+        self.agent = agent
+
+    async def _unary(self, context, call: Awaitable):
+        try:
+            return await call
+        except Exception as e:  # noqa: BLE001 - the one boundary
+            await _abort(context, e)
+
+    async def _stream(self, context, run: Callable[[Callable], Awaitable], convert_event) -> AsyncIterator:
+        """Runs `run(emit)` as a task and yields its events as they come. The task's result,
+        if any, is yielded last (converted by convert_event)."""
+        queue: asyncio.Queue = asyncio.Queue()
+
+        async def body():
+            try:
+                return await run(queue.put_nowait)
+            finally:
+                queue.put_nowait(_DONE)
+
+        task = asyncio.create_task(body())
+        try:
+            while (item := await queue.get()) is not _DONE:
+                yield convert_event(item)
+            try:
+                result = await task
+            except asyncio.CancelledError:
+                if context.cancelled():
+                    raise
+                await context.abort(grpc.StatusCode.ABORTED, "superseded by a newer Apply")
+            except Exception as e:  # noqa: BLE001 - the one boundary
+                await _abort(context, e)
+            else:
+                if result is not None:
+                    yield result
+        finally:
+            if not task.done():
+                task.cancel()
+                await asyncio.wait([task])
+
+    async def CheckSpace(self, request, context):
+        plan = await self._unary(context, self.agent.check_space(list(request.images)))
+        return convert.space_plan_pb(plan)
+
+    async def Apply(self, request, context):
+        error: list[errors.PinsvcError] = []
+
+        async def run(emit):
+            outcome = await self.agent.apply(
+                convert.sets_from_pb(request), emit=emit, parallelism=request.pull.parallelism,
+                attempt_timeout=convert.attempt_timeout(request.pull))
+            if outcome.error is not None:
+                error.append(outcome.error)
+            return convert.event_pb(outcome.status)
+
+        async for event in self._stream(context, run, convert.event_pb):
+            yield event
+        if error:
+            await context.abort(error[0].code, str(error[0]))
+
+    async def GetStatus(self, request, context):
+        return convert.status_pb(await self._unary(context, self.agent.status()))
+
+    async def PullImages(self, request, context):
+        async def run(emit):
+            await self.agent.pull_images(list(request.images), emit=emit,
+                                         parallelism=request.options.parallelism,
+                                         attempt_timeout=convert.attempt_timeout(request.options))
+
+        async for event in self._stream(context, run, convert.image_event_pb):
+            yield event
+
+    async def WriteDropin(self, request, context):
+        result = await self._unary(context, self.agent.write_dropin(list(request.images)))
+        return pb.WriteDropinResponse(path=str(self.agent.dropin.path), changed=result.changed,
+                                      removed=result.removed, sha256=result.sha256)
+
+    async def ReloadRuntime(self, request, context):
+        result = await self._unary(context, self.agent.reload_runtime())
+        return pb.ReloadRuntimeResponse(strategy=result.strategy, duration_seconds=result.duration_seconds,
+                                        detail=result.detail)
+
+    async def VerifyPins(self, request, context):
+        report = await self._unary(context, self.agent.verify(list(request.pinned), list(request.unpinned),
+                                                              request.timeout_seconds))
+        return pb.VerifyPinsResponse(
+            ok=report.ok, message=report.message(), duration_seconds=report.duration_seconds,
+            images=[pb.PinCheck(image=c.image, present=c.present, pinned=c.pinned, want_pinned=c.want_pinned)
+                    for c in report.checks])
+
+
+def _bind_unix(server: grpc.aio.Server, path: Path, mode: int, group: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    old = os.umask(0o777 & ~mode)  # the socket is born with the right mode: no window
+    try:
+        server.add_insecure_port(f"unix:{path}")
+    finally:
+        os.umask(old)
+
+
+async def serve(settings: Settings, *, ready: Callable[[], None] | None = None,
+                stop: asyncio.Event | None = None) -> None:
+    """Serves until `stop` is set (or forever), then shuts down gracefully."""
+    agent = Agent.from_settings(settings)
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 16 << 20)])
+    pinsvc_pb2_grpc.add_PinServiceServicer_to_server(PinServicer(agent), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (pb.DESCRIPTOR.services_by_name["PinService"].full_name, health.SERVICE_NAME,
+         reflection.SERVICE_NAME), server)
+    sock = settings.server.socket
+    mode = int(settings.server.socket_mode, 8)
+    if str(sock) not in ("", "."):
+        _bind_unix(server, sock, mode, settings.server.socket_group)
+    if settings.server.tcp:
+        server.add_insecure_port(settings.server.tcp)
+    await server.start()
+    if str(sock) not in ("", "."):
+        os.chmod(sock, mode)
+        if settings.server.socket_group:
+            os.chown(sock, -1, grp.getgrnam(settings.server.socket_group).gr_gid)
+    for name in ("", SERVICE):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("pinsvc agent serving on %s", ", ".join(filter(None, [
+        f"unix:{sock}" if str(sock) not in ("", ".") else "", settings.server.tcp])))
+    if ready:
+        ready()
+    try:
+        if stop is None:
+            await server.wait_for_termination()
+        else:
+            await stop.wait()
+    finally:
+        await health_servicer.enter_graceful_shutdown()
+        await server.stop(grace=5)
+        await agent.close()

@@ -1,0 +1,102 @@
+"""`pinsvc`: the node agent and a few direct commands against it.
+
+    pinsvc agent --cri-endpoint unix:///var/run/crio/crio.sock [settings flags]
+    pinsvc apply --endpoint unix:///run/pinsvc/pinsvc.sock sets.json
+    pinsvc status --endpoint ...
+    pinsvc check-space --endpoint ... IMAGE...
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import grpc
+
+from pinsvc import config, errors
+
+DEFAULT_ENDPOINT = "unix:///run/pinsvc/pinsvc.sock"
+
+
+def _agent(args: argparse.Namespace) -> int:
+    try:
+        settings = config.load(args)
+    except errors.PinsvcError as e:
+        print(f"pinsvc: {e}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from pinsvc.api.server import serve
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(settings, stop=stop)
+
+    try:
+        asyncio.run(main())
+    except errors.PinsvcError as e:
+        print(f"pinsvc: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _load_sets(path: str):
+    from pinsvc.client import SetSpec
+    text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    doc = json.loads(text)
+    return [SetSpec(s["name"], int(s["generation"]), tuple(s["images"])) for s in doc]
+
+
+def _client_command(args: argparse.Namespace) -> int:
+    from pinsvc.client import PinClient, to_dict
+    from pinsvc.progress import ApplyProgress
+
+    async def main() -> int:
+        async with PinClient(args.endpoint) as client:
+            if args.command == "status":
+                print(json.dumps(to_dict(await client.status()), indent=2))
+            elif args.command == "check-space":
+                print(json.dumps(to_dict(await client.check_space(args.images)), indent=2))
+            else:
+                progress = ApplyProgress()
+                with progress:
+                    async for event in client.apply(_load_sets(args.sets), parallelism=args.parallelism):
+                        progress.update(event)
+                if progress.status is not None:
+                    print(json.dumps(to_dict(progress.status), indent=2))
+        return 0
+
+    try:
+        return asyncio.run(main())
+    except grpc.aio.AioRpcError as e:
+        print(f"pinsvc: {e.code().name}: {e.details()}", file=sys.stderr)
+        return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pinsvc", description="Pre-pull and pin container images through the CRI.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    agent = sub.add_parser("agent", help="run the node agent")
+    config.add_arguments(agent)
+    for name, help in (("apply", "make the node pin exactly the given sets"), ("status", "show the node status"),
+                       ("check-space", "size images against the node's free space")):
+        p = sub.add_parser(name, help=help)
+        p.add_argument("--endpoint", default=DEFAULT_ENDPOINT, help="agent endpoint (unix:///path or host:port)")
+        if name == "apply":
+            p.add_argument("sets", help='JSON file ("-" = stdin): [{"name", "generation", "images": [...]}]')
+            p.add_argument("--parallelism", type=int, default=0, help="pulls in flight (0 = agent default)")
+        if name == "check-space":
+            p.add_argument("images", nargs="+")
+    args = parser.parse_args(argv)
+    return _agent(args) if args.command == "agent" else _client_command(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

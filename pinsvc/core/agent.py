@@ -1,0 +1,408 @@
+"""The orchestrator: one Apply turns the desired sets into pulled, pinned, verified images.
+
+Order of work (each stage in its own module): validate -> space check -> pull what is
+missing -> write the drop-in (only once every image of a set is present) -> reload the
+runtime -> verify the pins through the CRI (restoring the previous drop-in when they do not
+hold). A set that fails keeps the pins of its last good generation, so a failed Apply never
+leaves a node worse than it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from pinsvc import errors
+from pinsvc.adapters.cri import CriClient
+from pinsvc.adapters.pullsecret import PullSecretFile
+from pinsvc.adapters.registry import RegistryClient
+from pinsvc.config import Settings, node_platform
+from pinsvc.core.dropin import Dropin
+from pinsvc.core.pull import Puller
+from pinsvc.core.reload import Reloader
+from pinsvc.core.space import SpaceChecker, find_present, present_in
+from pinsvc.core.state import ImageState, SetState, State, StateStore, truncate_error
+from pinsvc.core.verify import VerifyReport, verify_pins
+from pinsvc.model import (ConditionStatus, ImageDetail, ImageEvent, ImageEventKind, NodeStatus,
+                          PinnedImageSet, SetStatus, SpacePlan, StageEvent, StageKind)
+from pinsvc.refs import MAX_IMAGES_PER_SET, parse_reference, parse_references, reference_problem, set_name_problem
+
+log = logging.getLogger("pinsvc.agent")
+
+PROGRESSING = "PinnedImageSetsProgressing"
+DEGRADED = "PinnedImageSetsDegraded"
+
+Emit = Callable[[ImageEvent | StageEvent], None]
+
+
+def validate_sets(sets: Sequence[PinnedImageSet]) -> list[PinnedImageSet]:
+    """Checks a whole desired state; one InvalidArgument names every bad value. Duplicate
+    images within a set collapse."""
+    problems, seen, out = [], set(), []
+    for index, s in enumerate(sets):
+        where = f"set {s.name!r}: " if s.name else f"set #{index}: "
+        problem = set_name_problem(s.name)
+        if problem:
+            problems.append(where + problem)
+        elif s.name in seen:
+            problems.append(f"set name {s.name!r} appears more than once")
+        seen.add(s.name)
+        if s.generation < 1:
+            problems.append(f"{where}generation {s.generation} must be >= 1")
+        if len(s.images) > MAX_IMAGES_PER_SET:
+            problems.append(f"{where}{len(s.images)} images (at most {MAX_IMAGES_PER_SET})")
+        if not s.images:
+            problems.append(f"{where}no images")
+        bad = [p for p in (reference_problem(i) for i in s.images) if p]
+        problems += [where + p for p in bad]
+        if not bad:
+            unique = tuple(dict.fromkeys(s.images))
+            out.append(PinnedImageSet(s.name, s.generation, unique))
+    if problems:
+        raise errors.InvalidArgument(problems)
+    return out
+
+
+def union(sets: Sequence[PinnedImageSet]) -> list[str]:
+    return list(dict.fromkeys(i for s in sets for i in s.images))
+
+
+@dataclass
+class _Run:
+    """What one Apply learned so far."""
+
+    sets: list[PinnedImageSet]
+    failed: dict[str, errors.PinsvcError]  # image -> why
+    plan: SpacePlan | None = None
+    error: errors.PinsvcError | None = None  # a failure of the whole Apply
+
+
+@dataclass(frozen=True)
+class ApplyOutcome:
+    status: NodeStatus
+    # The first failure, when a set failed (already recorded in the status).
+    error: errors.PinsvcError | None
+
+
+class Agent:
+    def __init__(self, settings: Settings, *, cri: CriClient, registry: RegistryClient,
+                 secret: PullSecretFile, dropin: Dropin, reloader: Reloader, store: StateStore):
+        self.settings = settings
+        self.cri = cri
+        self.registry = registry
+        self.secret = secret
+        self.dropin = dropin
+        self.reloader = reloader
+        self.store = store
+        self.state: State = store.load()
+        self.space = SpaceChecker(cri, registry, settings.space)
+        self.puller = Puller(settings.pull, pull=self._pull_one, is_present=self._is_present)
+        self._lock = asyncio.Lock()
+        self._current: asyncio.Task | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "Agent":
+        secret = PullSecretFile(settings.registry.pull_secret)
+        registry = RegistryClient(
+            insecure_hosts=settings.registry.insecure, credentials=secret.lookup,
+            platform=node_platform(), timeout=settings.registry.timeout_seconds,
+            max_concurrency=settings.registry.max_concurrency,
+            cache_dir=settings.state_dir / "manifests")
+        dropin = Dropin(settings.dropin_path, settings.dropin_temp_dir,
+                        adopt_foreign=settings.dropin.adopt_foreign,
+                        crio_binary=settings.dropin.crio_binary,
+                        crio_config=settings.dropin.crio_config)
+        socket = settings.cri_endpoint.removeprefix("unix://").removeprefix("unix:")
+        return cls(settings, cri=CriClient(settings.cri_endpoint, timeout=settings.cri_timeout_seconds),
+                   registry=registry, secret=secret, dropin=dropin,
+                   reloader=Reloader(settings.reload, cri_socket=socket), store=StateStore(settings.state_dir))
+
+    async def close(self) -> None:
+        if self._current is not None and not self._current.done():
+            self._current.cancel()
+            await asyncio.wait([self._current])
+        await self.registry.aclose()
+        await self.cri.close()
+
+    # ---- stages callable alone ------------------------------------------------------------
+
+    async def check_space(self, images: Sequence[str]) -> SpacePlan:
+        refs = [str(r) for r in parse_references(list(images))]
+        plan, failed = await self.space.plan(refs)
+        if failed:
+            raise errors.combined(list(failed.values()))
+        return plan
+
+    async def pull_images(self, images: Sequence[str], *, emit: Emit, parallelism: int = 0,
+                          attempt_timeout: float | None = None) -> dict:
+        refs = [str(r) for r in parse_references(list(images))]
+        return await self.puller.pull_all(refs, on_event=emit, parallelism=parallelism,
+                                          attempt_timeout=attempt_timeout)
+
+    async def write_dropin(self, images: Sequence[str]):
+        refs = sorted(str(r) for r in parse_references(list(images)))
+        async with self._lock:
+            self._check_dropin_conflicts()
+            result = await self.dropin.write(refs)
+            self.state.pinned = refs
+            await self._save()
+            return result
+
+    async def reload_runtime(self):
+        return await self.reloader.reload()
+
+    async def verify(self, pinned: Sequence[str], unpinned: Sequence[str], timeout: float = 0) -> VerifyReport:
+        pinned = [str(r) for r in parse_references(list(pinned))]
+        unpinned = [str(r) for r in parse_references(list(unpinned))]
+        return await verify_pins(self.cri.list_images, pinned, unpinned,
+                                 timeout=timeout or self.settings.verify.timeout_seconds,
+                                 interval=self.settings.verify.poll_interval_seconds,
+                                 repull=self._pull_one)
+
+    # ---- apply -----------------------------------------------------------------------------
+
+    async def apply(self, sets: Sequence[PinnedImageSet], *, emit: Emit, parallelism: int = 0,
+                    attempt_timeout: float | None = None) -> ApplyOutcome:
+        """Reaches the desired state. Raises only when nothing was touched (bad input, a stale
+        generation); every later failure is recorded in the status and returned."""
+        sets = validate_sets(sets)
+        self._check_generations(sets)
+        previous, self._current = self._current, asyncio.current_task()
+        if previous is not None and not previous.done():
+            log.info("a newer Apply supersedes the one in flight; cancelling it")
+            previous.cancel()
+            await asyncio.wait([previous])
+        async with self._lock:
+            try:
+                return await self._apply(sets, emit, parallelism, attempt_timeout)
+            except asyncio.CancelledError:
+                self.state.set_condition(PROGRESSING, "False", "Interrupted",
+                                         "the last Apply was cancelled before it finished")
+                await asyncio.shield(self._save())
+                raise
+
+    async def _apply(self, sets: list[PinnedImageSet], emit: Emit, parallelism: int,
+                     attempt_timeout: float | None) -> ApplyOutcome:
+        run = _Run(sets, failed={})
+        self._record_desired(sets)
+        self.state.set_condition(PROGRESSING, "True", "ImagePrefetch",
+                                 f"node is prefetching images: {self.settings.node_name}")
+        await self._save()
+        try:
+            self._check_dropin_conflicts()
+            images = union(sets)
+            listed = await self.cri.list_images()
+            present = await find_present(self.cri, images, listed)
+            await self._check_space(run, images, present, listed, emit)
+            await self._pull(run, [i for i in images if i not in run.failed], present, emit,
+                             parallelism, attempt_timeout)
+            await self._pin(run, self._pins(run), emit)
+        except errors.PinsvcError as e:
+            log.error("apply failed: %s", e)
+            run.error = e
+        await self._finish(run)
+        failures = ([run.error] if run.error else []) + list(run.failed.values())
+        return ApplyOutcome(await self.status(), errors.combined(failures) if failures else None)
+
+    async def _check_space(self, run: _Run, images: list[str], present: set[str], listed, emit: Emit) -> None:
+        if not self.settings.space.enabled or all(i in present for i in images):
+            return
+        start = time.monotonic()
+        plan, failed = await self.space.plan(images, present, listed)
+        for image, error in failed.items():
+            run.failed[image] = error
+            self._image(image).phase, self._image(image).last_error = "failed", str(error)
+            emit(ImageEvent(image, ImageEventKind.FAILED, reason=str(error)))
+        if not plan.fits:
+            raise errors.InsufficientSpace(plan.verdict)
+        run.plan = plan
+        emit(StageEvent(StageKind.SPACE_CHECKED, plan.verdict, time.monotonic() - start, plan))
+
+    async def _pull(self, run: _Run, images: list[str], present: set[str], emit: Emit,
+                    parallelism: int, attempt_timeout: float | None) -> None:
+        sizes = {p.image: p.compressed_bytes for p in run.plan.images} if run.plan else {}
+
+        def on_event(event: ImageEvent) -> None:
+            record = self._image(event.image)
+            if event.kind is ImageEventKind.PULLED:
+                event = ImageEvent(**{**event.__dict__, "bytes": sizes.get(event.image, 0)})
+                record.phase, record.bytes, record.last_error = "present", event.bytes, ""
+            elif event.kind is ImageEventKind.ALREADY_PRESENT:
+                record.phase = "pinned" if record.phase == "pinned" else "present"
+                record.last_error = ""
+            elif event.kind is ImageEventKind.PULLING:
+                record.phase, record.attempts = "pulling", event.attempt
+            elif event.kind in (ImageEventKind.FAILED, ImageEventKind.CANCELLED):
+                record.phase, record.last_error = "failed", event.reason
+            record.attempts = max(record.attempts, event.attempt)
+            emit(event)
+
+        results = await self.puller.pull_all(images, on_event=on_event, parallelism=parallelism,
+                                             attempt_timeout=attempt_timeout, known_present=present)
+        for image, result in results.items():
+            if result.error is not None:
+                run.failed[image] = errors.combined([result.error])
+        ready = len(images) - sum(1 for i in images if i in run.failed)
+        emit(StageEvent(StageKind.IMAGES_READY, f"{ready} of {len(union(run.sets))} images present"))
+
+    def _pins(self, run: _Run) -> list[str]:
+        """Images of the sets that succeeded, plus the last good images of those that did not."""
+        pins: set[str] = set()
+        for s in run.sets:
+            if any(i in run.failed for i in s.images):
+                pins.update(self.state.sets[s.name].current_images)
+            else:
+                pins.update(s.images)
+        return sorted(pins)
+
+    async def _pin(self, run: _Run, pins: list[str], emit: Emit) -> None:
+        """Writes the drop-in, reloads and verifies; restores the old drop-in on failure."""
+        unpinned = sorted(set(self.state.pinned) - set(pins))
+        start = time.monotonic()
+        result = await self.dropin.write(pins)
+        if result.changed:
+            what = "removed" if result.removed else f"written with {len(pins)} images"
+            emit(StageEvent(StageKind.DROPIN_WRITTEN, f"{self.dropin.path} {what}", time.monotonic() - start))
+            try:
+                await self._reload(emit)
+            except errors.PinsvcError:
+                await self.dropin.restore(result.previous)
+                raise
+        else:
+            emit(StageEvent(StageKind.DROPIN_UNCHANGED, f"{self.dropin.path} already pins these {len(pins)} images"))
+        report = await self.verify(pins, unpinned)
+        if not report.ok and not result.changed:
+            # The file is right but the runtime may never have read it (e.g. the agent was
+            # killed between the write and the reload): reload once and look again.
+            await self._reload(emit)
+            report = await self.verify(pins, unpinned)
+        if not report.ok:
+            if result.changed:
+                await self.dropin.restore(result.previous)
+                await self.reloader.reload()
+                emit(StageEvent(StageKind.DROPIN_RESTORED,
+                                f"restored the previous {self.dropin.path} and reloaded the runtime"))
+            raise errors.VerificationFailed(report.message())
+        emit(StageEvent(StageKind.PINS_VERIFIED, report.message(), report.duration_seconds))
+        self.state.pinned = pins
+        for image in pins:
+            self._image(image).phase = "pinned"
+
+    async def _reload(self, emit: Emit) -> None:
+        reloaded = await self.reloader.reload()
+        emit(StageEvent(StageKind.RUNTIME_RELOADED, reloaded.detail, reloaded.duration_seconds))
+
+    # ---- state -----------------------------------------------------------------------------
+
+    def _check_generations(self, sets: list[PinnedImageSet]) -> None:
+        stale = [f"set {s.name!r}: generation {s.generation} is older than generation "
+                 f"{self.state.sets[s.name].desired_generation} already requested"
+                 for s in sets if s.name in self.state.sets
+                 and s.generation < self.state.sets[s.name].desired_generation]
+        if stale:
+            raise errors.Conflict("; ".join(stale))
+
+    def _check_dropin_conflicts(self) -> None:
+        self.dropin.check_writable()
+        later = self.dropin.overriding_files()
+        if later:
+            names = ", ".join(str(p) for p in later)
+            raise errors.Conflict(
+                f"{names} sorts after {self.dropin.path.name} and sets pinned_images, which replaces "
+                f"pinsvc's list in CRI-O; remove its pinned_images or rename it to sort first")
+
+    def _record_desired(self, sets: list[PinnedImageSet]) -> None:
+        old = self.state.sets
+        self.state.sets = {}
+        for s in sets:
+            record = old.get(s.name) or SetState(s.name, s.generation)
+            record.desired_generation, record.images = s.generation, list(s.images)
+            self.state.sets[s.name] = record
+        self.state.images = {i: self.state.images.get(i) or ImageState() for i in union(sets)}
+
+    def _image(self, image: str) -> ImageState:
+        return self.state.images.setdefault(image, ImageState())
+
+    async def _finish(self, run: _Run) -> None:
+        """Records each set's outcome (OpenShift's rules: currentGeneration only after full
+        success; failure fields only on failure) and the node conditions."""
+        failed_sets = []
+        for s in run.sets:
+            record = self.state.sets[s.name]
+            reasons = [f"{i}: {run.failed[i]}" for i in s.images if i in run.failed]
+            if run.error and record.current_generation != s.generation:
+                reasons.insert(0, str(run.error))
+            if reasons:
+                failed_sets.append(s.name)
+                record.last_failed_generation = s.generation
+                record.last_failed_generation_error = truncate_error("; ".join(reasons))
+            else:
+                record.current_generation = s.generation
+                record.current_images = list(s.images)
+                record.last_failed_generation, record.last_failed_generation_error = 0, ""
+        if failed_sets or run.error:
+            detail = "; ".join(self.state.sets[n].last_failed_generation_error for n in failed_sets)
+            self.state.set_condition(DEGRADED, "True", "PrefetchFailed", truncate_error(
+                f"pinned image sets failed: {', '.join(failed_sets)}: {detail}" if failed_sets
+                else str(run.error)))
+        else:
+            self.state.set_condition(DEGRADED, "False", "AsExpected", "All is good")
+        self.state.set_condition(PROGRESSING, "False", "AsExpected", "All pinned image sets complete")
+        await self._save()
+
+    async def _save(self) -> None:
+        await asyncio.to_thread(self.store.save, self.state)
+
+    # ---- status ----------------------------------------------------------------------------
+
+    def status_snapshot(self, runtime_images=None) -> NodeStatus:
+        by_digest = present_in(runtime_images) if runtime_images is not None else {}
+        members: dict[str, list[str]] = {}
+        for s in self.state.sets.values():
+            for i in s.images:
+                members.setdefault(i, []).append(s.name)
+        images = []
+        for image, record in sorted(self.state.images.items()):
+            found = by_digest.get(image.lower())
+            images.append(ImageDetail(image, record.phase, record.attempts, record.bytes, record.last_error,
+                                      pinned=bool(found and found.pinned), present=found is not None,
+                                      sets=tuple(members.get(image, ()))))
+        return NodeStatus(
+            node=self.settings.node_name,
+            sets=tuple(SetStatus(s.name, s.desired_generation, s.current_generation, s.last_failed_generation,
+                                 s.last_failed_generation_error) for s in sorted(self.state.sets.values(), key=lambda s: s.name)),
+            conditions=tuple(ConditionStatus(c.type, c.status, c.reason, c.message, c.last_transition_time)
+                             for c in sorted(self.state.conditions.values(), key=lambda c: c.type)),
+            images=tuple(images), dropin_path=str(self.dropin.path))
+
+    async def status(self) -> NodeStatus:
+        """Status with presence and pins read live from the runtime (stored values when the
+        runtime does not answer)."""
+        try:
+            listed = await self.cri.list_images()
+        except errors.PinsvcError as e:
+            log.warning("status without live pins: %s", e)
+            listed = None
+        return self.status_snapshot(listed)
+
+    # ---- I/O for the puller ----------------------------------------------------------------
+
+    async def _pull_one(self, image: str) -> None:
+        credentials = self.secret.lookup(parse_reference(image))
+        await self.cri.pull(image, credentials)
+
+    async def _is_present(self, image: str) -> bool:
+        return await self.cri.image_status(image) is not None
+
+
+@contextlib.asynccontextmanager
+async def running_agent(settings: Settings):
+    agent = Agent.from_settings(settings)
+    try:
+        yield agent
+    finally:
+        await agent.close()
