@@ -13,7 +13,7 @@ mkdir -p "$BIN"
 log() { printf '[install-peers] %s\n' "$*" >&2; }
 
 need_apt=()
-for pkg in libseccomp-dev libsqlite3-dev conmon crun docker-registry libgpgme-dev pkg-config; do
+for pkg in libseccomp-dev libsqlite3-dev conmon crun docker-registry apache2-utils pkg-config; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need_apt+=("$pkg")
 done
 if ((${#need_apt[@]})); then
@@ -47,4 +47,4 @@ ln -sf "crictl-$CRICTL_VERSION" "$BIN/crictl"
 # pinns must exist for CRI-O to start; it is never run for image work.
 [[ -x $BIN/pinns ]] || { printf '#!/bin/sh\nexit 1\n' > "$BIN/pinns"; chmod +x "$BIN/pinns"; }
 
-log "peers ready in $BIN: $("$BIN/crio" --version 2>/dev/null | awk '/^Version:/{print "crio " $2}'), $("$BIN/crictl" --version)"
+log "peers ready in $BIN: $("$BIN/crio" --version 2>/dev/null | head -1), $("$BIN/crictl" --version)"
