@@ -99,6 +99,8 @@ class Agent:
         self.reloader = reloader
         self.store = store
         self.state: State = store.load()
+        for leftover in dropin.remove_leftovers():
+            log.warning("removed %s left by an interrupted write", leftover)
         self.space = SpaceChecker(cri, registry, settings.space)
         self.puller = Puller(settings.pull, pull=self._pull_one, is_present=self._is_present)
         self._lock = asyncio.Lock()
@@ -307,7 +309,13 @@ class Agent:
             raise errors.Conflict("; ".join(stale))
 
     def _check_dropin_conflicts(self) -> None:
+        """Refuses, before anything is pulled, what would make the drop-in useless or the
+        reload fail: a foreign file at our path, another broken drop-in, a later list."""
         self.dropin.check_writable()
+        broken = [f"{path}: {why}" for path, why in self.dropin.broken_files() if path != self.dropin.path]
+        if broken:
+            raise errors.Conflict("CRI-O could not load its drop-in directory, so pinsvc changes nothing "
+                                  "until it is fixed: " + "; ".join(broken))
         later = self.dropin.overriding_files()
         if later:
             names = ", ".join(str(p) for p in later)

@@ -140,8 +140,10 @@ async def test_bad_existing_dropin_does_not_make_things_worse(agent, node, workl
     broken.write_text("[crio.image\npinned_images = \n")
     _, error = await apply(agent, SetSpec("web", 2, (workload["oci"], workload["app-a"])))
     assert error is not None and error.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "40-broken.conf" in error.details() or "validat" in error.details()
+    assert str(broken) in error.details()
     assert ours.read_bytes() == good, "our drop-in is left as it was"
+    assert workload["app-a"] not in {d for i in node.images_json()["images"] for d in i.get("repoDigests", [])}, \
+        "nothing is pulled for a node whose configuration cannot load"
     assert workload["oci"] in node.pinned_images(), "CRI-O keeps the old pins"
     broken.unlink()
     # A half-written drop-in of our own is replaced by a good one.
