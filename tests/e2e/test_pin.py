@@ -1,5 +1,10 @@
 """Pinning through the agent against the real CRI-O and registry, checked by crictl."""
 
+import asyncio
+
+import grpc
+import pytest
+
 from pinsvc.client import SetSpec
 from tests.e2e.conftest import apply
 from tests.e2e.helpers import Kind, Stage, condition, final_status, image_events, set_status, stages
@@ -77,3 +82,26 @@ async def test_two_sets_share_images_and_the_union_is_pinned(agent, node, worklo
     assert {a, b, shared} <= node.pinned_images()
     detail = {i.image: i for i in final_status(events).images}
     assert sorted(detail[shared].sets) == ["one", "two"]
+
+
+async def test_a_newer_apply_cancels_the_one_in_flight(agent, node, registry, workload):
+    registry.pause()  # the first Apply hangs on the registry
+    try:
+        async with agent.client() as client:
+            first = asyncio.ensure_future(_drain(client.apply([SetSpec("web", 1, (workload["app-a"],))])))
+            await asyncio.sleep(1.0)
+            assert not first.done()
+            second = await _drain(client.apply([]))
+            with pytest.raises(grpc.aio.AioRpcError) as superseded:
+                await first
+    finally:
+        registry.resume()
+    assert superseded.value.code() == grpc.StatusCode.ABORTED
+    assert "superseded" in superseded.value.details()
+    status = final_status(second)
+    assert list(status.pinned_image_sets) == []
+    assert workload["app-a"] not in node.pinned_images()
+
+
+async def _drain(stream) -> list:
+    return [event async for event in stream]
