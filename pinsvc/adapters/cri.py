@@ -8,6 +8,7 @@ errors into pinsvc's error tree once, classifying pull failures by what the runt
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 
 import grpc
@@ -21,14 +22,14 @@ log = logging.getLogger("pinsvc.cri")
 
 _MAX_MESSAGE = 64 << 20  # ListImages on a busy node is large
 
-# Substrings of runtime error messages, checked in order; lower case.
-_NO_SPACE = ("no space left on device",)
-_NOT_FOUND = ("manifest unknown", "name unknown", "not found", "does not exist", "404")
-_UNAUTHORIZED = ("unauthorized", "authentication required", "denied", "401", "403", "forbidden")
-_TRANSIENT = ("too many requests", "toomanyrequests", "429", "500", "502", "503", "504",
-              "connection refused", "connection reset", "i/o timeout", "timeout", "timed out",
-              "eof", "no route to host", "temporary", "unavailable", "broken pipe",
-              "server misbehaving", "tls handshake")
+# Phrases of runtime error messages (lower case). HTTP status codes are matched as whole
+# numbers only, never inside a port or a digest (":43401" is not a 401).
+_NO_SPACE = re.compile(r"no space left on device")
+_NETWORK = re.compile(r"connection refused|connection reset|i/o timeout|timed out|timeout|no route to host|"
+                      r"broken pipe|server misbehaving|tls handshake|\beof\b|temporar")
+_NOT_FOUND = re.compile(r"manifest unknown|name unknown|not found|does not exist|(?<![\w:.])404(?!\w)")
+_UNAUTHORIZED = re.compile(r"unauthorized|authentication required|denied|forbidden|(?<![\w:.])40[13](?!\w)")
+_TRANSIENT = re.compile(r"too many requests|toomanyrequests|unavailable|(?<![\w:.])(?:429|50[0234])(?!\w)")
 
 
 @dataclass(frozen=True)
@@ -133,17 +134,17 @@ def pull_error(image: str, e: grpc.aio.AioRpcError) -> errors.PinsvcError:
         return errors.RuntimeUnavailable(f"pull {image}: container runtime is not reachable: {details}")
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return errors.Timeout(f"pull {image}: timed out in the runtime")
-    if any(s in text for s in _NO_SPACE):
+    if _NO_SPACE.search(text):
         return errors.NoSpaceLeft(f"pull {image}: no space left on device in the runtime's storage")
-    if code == grpc.StatusCode.NOT_FOUND or any(s in text for s in _NOT_FOUND):
+    if _NETWORK.search(text):
+        return errors.RegistryError(cause, retryable=True)
+    if code == grpc.StatusCode.NOT_FOUND or _NOT_FOUND.search(text):
         return errors.ImageNotFound(f"pull {image}: image not found in the registry ({details})")
-    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED) or any(
-            s in text for s in _UNAUTHORIZED):
+    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED) or _UNAUTHORIZED.search(text):
         return errors.Unauthorized(f"pull {image}: the registry refused access ({details})")
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return errors.InvalidArgument(cause)
-    if any(s in text for s in _TRANSIENT) or code in (grpc.StatusCode.UNAVAILABLE,
-                                                        grpc.StatusCode.RESOURCE_EXHAUSTED):
+    if _TRANSIENT.search(text) or code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED):
         return errors.RegistryError(cause, retryable=True)
     # An unclassified runtime failure: retried within the attempt budget.
     return errors.RuntimeError_(cause, retryable=True)
