@@ -65,9 +65,21 @@ def workload(registry) -> dict[str, str]:
     return dict(zip(items, refs))
 
 
+AUTH_USER, AUTH_PASSWORD = "puller", "s3cret-Pa55-do-not-leak"
+
+
 @pytest.fixture(scope="session")
-def crio(peers_root, registry):
-    node = Crio(peers_root / "crio", registries=[registry.host])
+def auth_registry(peers_root):
+    """A registry that requires basic auth (htpasswd)."""
+    reg = Registry(peers_root / "auth-registry", htpasswd={AUTH_USER: AUTH_PASSWORD})
+    reg.start()
+    yield reg
+    reg.stop()
+
+
+@pytest.fixture(scope="session")
+def crio(peers_root, registry, auth_registry):
+    node = Crio(peers_root / "crio", registries=[registry.host, auth_registry.host])
     node.start()
     yield node
     node.stop()
