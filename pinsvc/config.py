@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import platform
 import socket
 import tomllib
 import typing
@@ -107,14 +106,6 @@ class Settings:
     @property
     def dropin_temp_dir(self) -> Path:
         return self.dropin.temp_dir if str(self.dropin.temp_dir) not in ("", ".") else self.dropin.directory.parent
-
-
-def node_platform() -> tuple[str, str, str]:
-    """(os, architecture, variant) of this node in OCI terms."""
-    machine = platform.machine().lower()
-    arch = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le": "ppc64le",
-            "s390x": "s390x"}.get(machine, machine)
-    return ("linux", arch, "v7" if arch == "arm" else "")
 
 
 # ---- loading -------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ import httpx
 
 from pinsvc.adapters.pullsecret import Credentials
 from pinsvc.errors import ImageNotFound, PinsvcError, RegistryError, Unauthorized
+from pinsvc.model import Layer
 from pinsvc.refs import ImageRef
 
 log = logging.getLogger(__name__)
@@ -96,14 +97,6 @@ def host_platform() -> Platform:
 
 
 DEFAULT_PLATFORM = host_platform()
-
-
-@dataclass(frozen=True)
-class Layer:
-    """One layer blob as the manifest describes it (compressed size in bytes)."""
-
-    digest: str
-    size: int
 
 
 @dataclass(frozen=True)

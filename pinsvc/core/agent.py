@@ -20,7 +20,7 @@ from pinsvc import errors
 from pinsvc.adapters.cri import CriClient
 from pinsvc.adapters.pullsecret import PullSecretFile
 from pinsvc.adapters.registry import RegistryClient
-from pinsvc.config import Settings, node_platform
+from pinsvc.config import Settings
 from pinsvc.core.dropin import Dropin
 from pinsvc.core.pull import Puller
 from pinsvc.core.reload import Reloader
@@ -111,7 +111,7 @@ class Agent:
         secret = PullSecretFile(settings.registry.pull_secret)
         registry = RegistryClient(
             insecure_hosts=settings.registry.insecure, credentials=secret.lookup,
-            platform=node_platform(), timeout=settings.registry.timeout_seconds,
+            timeout=settings.registry.timeout_seconds,
             max_concurrency=settings.registry.max_concurrency,
             cache_dir=settings.state_dir / "manifests")
         dropin = Dropin(settings.dropin_path, settings.dropin_temp_dir,

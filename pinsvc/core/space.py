@@ -169,7 +169,7 @@ class SpaceChecker:
             if isinstance(result, Exception):
                 failed[image] = errors.combined([result])
             else:
-                layers[image] = tuple(Layer(l.digest, l.size) for l in result.layers)
+                layers[image] = result.layers
         return layers, failed
 
     async def _layers_on_node(self, listed: list[RuntimeImage]) -> set[str]:
