@@ -4,7 +4,7 @@ import grpc
 
 from pinsvc.client import SetSpec
 from tests.e2e.conftest import apply
-from tests.e2e.helpers import Kind, condition, final_status, image_events, set_status
+from tests.e2e.helpers import Kind, Stage, condition, final_status, image_events, set_status, stages
 
 DIGEST = "sha256:" + "ab" * 32
 
@@ -151,3 +151,16 @@ async def test_bad_existing_dropin_does_not_make_things_worse(agent, node, workl
     _, error = await apply(agent, SetSpec("web", 2, (workload["oci"], workload["app-a"])))
     assert error is None, error
     assert {workload["oci"], workload["app-a"]} <= node.pinned_images()
+
+
+async def test_pins_that_do_not_take_effect_restore_the_previous_dropin(agent_factory, node, workload):
+    # A reload that never reaches CRI-O (strategy none): the new list is never read.
+    agent = agent_factory(**{"reload-strategy": "none", "verify-timeout-seconds": "1"})
+    events, error = await apply(agent, SetSpec("web", 1, (workload["oci"],)))
+    assert error is not None and error.code() == grpc.StatusCode.ABORTED
+    assert f"{workload['oci']} is present but not pinned" in error.details()
+    assert Stage.DROPIN_RESTORED in stages(events)
+    assert not (node.dropin_dir / "50-pinned-images").exists(), "the previous state (no drop-in) is back"
+    status = final_status(events)
+    assert condition(status, "PinnedImageSetsDegraded").status == "True"
+    assert set_status(status, "web").last_failed_generation == 1
