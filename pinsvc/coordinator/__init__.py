@@ -1,0 +1,1 @@
+"""The coordinator: rolls PinnedImageSets out per MachineConfigPool across node agents."""
