@@ -73,7 +73,7 @@ class ReloadSettings:
 @dataclass(frozen=True)
 class VerifySettings:
     timeout_seconds: float = _f(30.0, "how long to wait for the runtime to report the pins")
-    poll_interval_seconds: float = _f(0.05, "pause between two reads of the runtime's images")
+    poll_interval_seconds: float = _f(0.5, "longest pause between two reads of the runtime's images (the first are 10 ms apart)")
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,8 @@ from types import TracebackType
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
-import httpx
+import aiohttp
+from multidict import CIMultiDictProxy
 
 from pinsvc.adapters.pullsecret import Credentials
 from pinsvc.errors import ImageNotFound, PinsvcError, RegistryError, Unauthorized
@@ -205,7 +206,7 @@ class _Reply:
     """A finished HTTP exchange (body read up to MAX_MANIFEST_BYTES)."""
 
     status: int
-    headers: httpx.Headers
+    headers: CIMultiDictProxy[str]
     body: bytes
 
 
@@ -248,7 +249,8 @@ class RegistryClient:
         self._credentials = credentials
         self._retry_attempts = retry_attempts
         self._retry_backoff = retry_backoff
-        self._client = httpx.AsyncClient(timeout=timeout or None, follow_redirects=True)
+        self._timeout = aiohttp.ClientTimeout(total=timeout or None)
+        self._session: aiohttp.ClientSession | None = None  # made on first use, inside the loop
         self._slots = asyncio.Semaphore(max_concurrency)
         self._memory: OrderedDict[str, Manifest] = OrderedDict()
         self._inflight: dict[tuple[str, str, str], asyncio.Task[Manifest]] = {}
@@ -290,7 +292,9 @@ class RegistryClient:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     async def __aenter__(self) -> RegistryClient:
         return self
@@ -385,7 +389,7 @@ class RegistryClient:
     async def _authorize(self, ref: ImageRef, reply: _Reply, *, scope: str) -> _Authorization:
         """Answers a 401: a bearer token (from the realm, or the secret's registry token)
         or Basic auth, with the pull secret's credentials for the image."""
-        challenges = {c.scheme: c for c in parse_challenges(reply.headers.get_list("www-authenticate"))}
+        challenges = {c.scheme: c for c in parse_challenges(reply.headers.getall("www-authenticate", []))}
         credentials = self._credentials(ref)
         if "bearer" in challenges:
             if credentials is not None and credentials.registry_token:
@@ -459,17 +463,22 @@ class RegistryClient:
     async def _exchange(self, ref: ImageRef, method: str, url: str, kwargs: dict) -> _Reply:
         """Sends one request (holding a concurrency slot) and reads the bounded body."""
         peer = urlsplit(url).netloc
+        if self._session is None:
+            # aiohttp, not httpx: a manifest GET costs ~0.25 ms of CPU instead of ~2 ms, and the
+            # space check fetches one per image on the critical path of every Apply.
+            # trust_env: honour HTTP(S)_PROXY / NO_PROXY like the runtime does.
+            self._session = aiohttp.ClientSession(timeout=self._timeout, trust_env=True)
         async with self._slots:
             try:
-                async with self._client.stream(method, url, **kwargs) as response:
+                async with self._session.request(method, url, **kwargs) as response:
                     body = bytearray()
-                    async for chunk in response.aiter_bytes():
+                    async for chunk in response.content.iter_chunked(1 << 16):
                         body += chunk
                         if len(body) > MAX_MANIFEST_BYTES:
                             raise RegistryError(f"image {ref}: answer from {peer} is larger than "
                                                 f"{MAX_MANIFEST_BYTES} bytes", retryable=False)
-                    return _Reply(response.status_code, response.headers, bytes(body))
-            except (httpx.HTTPError, httpx.InvalidURL) as e:
+                    return _Reply(response.status, response.headers, bytes(body))
+            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as e:
                 raise _transport_error(ref, peer, e) from e
 
     def _base_url(self, host: str) -> str:
@@ -563,18 +572,19 @@ def _http_error(ref: ImageRef, reply: _Reply, peer: str) -> RegistryError:
 
 def _transport_error(ref: ImageRef, peer: str, error: Exception) -> RegistryError:
     """A short, credential-free cause for a failed exchange; TLS trouble is not retried."""
-    if isinstance(error, httpx.TimeoutException):
+    if isinstance(error, asyncio.TimeoutError):
         return RegistryError(f"image {ref}: {peer} timed out")
-    if _caused_by(error, ssl.SSLCertVerificationError):
+    if _caused_by(error, ssl.SSLCertVerificationError) or isinstance(
+            error, aiohttp.ClientConnectorCertificateError):
         return RegistryError(f"image {ref}: TLS certificate of {peer} is not trusted", retryable=False)
-    if _caused_by(error, ssl.SSLError):
+    if _caused_by(error, ssl.SSLError) or isinstance(error, aiohttp.ClientSSLError):
         return RegistryError(f"image {ref}: TLS handshake with {peer} failed (if it is a plain-http "
                              f"registry, list it in the insecure hosts)", retryable=False)
     if _caused_by(error, ConnectionRefusedError):
         return RegistryError(f"image {ref}: cannot reach {peer}: connection refused")
-    if isinstance(error, httpx.TransportError):
-        return RegistryError(f"image {ref}: connection to {peer} failed ({type(error).__name__}: {error})")
-    return RegistryError(f"image {ref}: request to {peer} failed ({type(error).__name__})", retryable=False)
+    if isinstance(error, (aiohttp.InvalidURL, ValueError)):
+        return RegistryError(f"image {ref}: request to {peer} failed ({type(error).__name__})", retryable=False)
+    return RegistryError(f"image {ref}: connection to {peer} failed ({type(error).__name__}: {error})")
 
 
 def _caused_by(error: BaseException, kind: type[BaseException]) -> bool:
@@ -593,7 +603,7 @@ def _transient(status: int) -> bool:
     return status == 429 or status >= 500
 
 
-def _retry_after(headers: httpx.Headers) -> float | None:
+def _retry_after(headers: CIMultiDictProxy[str]) -> float | None:
     """`Retry-After` in seconds (delta-seconds or an HTTP date), None when absent/bad."""
     value = headers.get("retry-after", "").strip()
     if value.isdigit():

@@ -244,7 +244,8 @@ class Agent:
             emit(event)
 
         results = await self.puller.pull_all(images, on_event=on_event, parallelism=parallelism,
-                                             attempt_timeout=attempt_timeout, known_present=present)
+                                             attempt_timeout=attempt_timeout, known_present=present,
+                                             known_missing=set(images) - present)
         for image, result in results.items():
             if result.error is not None:
                 run.failed[image] = errors.combined([result.error])

@@ -97,16 +97,19 @@ class Puller:
 
     async def pull_all(self, images: Sequence[str], *, on_event: Callable[[ImageEvent], None],
                        parallelism: int = 0, attempt_timeout: float | None = None,
-                       known_present: Collection[str] = ()) -> dict[str, PullResult]:
+                       known_present: Collection[str] = (),
+                       known_missing: Collection[str] = ()) -> dict[str, PullResult]:
         """Pulls every image that is not present; returns one result per distinct image, in
         input order. Never raises for a failed image; re-raises CancelledError after stopping
         its own pulls. `parallelism` 0 and `attempt_timeout` None take the settings; an
-        attempt timeout of 0 means none."""
+        attempt timeout of 0 means none. Images in `known_present` or `known_missing` (the
+        caller just asked the runtime) are not checked again."""
         call = _Call(asyncio.Semaphore(parallelism or self._settings.parallelism),
                      self._settings.attempt_timeout_seconds if attempt_timeout is None else attempt_timeout,
                      on_event)
         for image in dict.fromkeys(images):
-            call.tasks[image] = asyncio.create_task(self._one(call, image, image in known_present),
+            known = True if image in known_present else False if image in known_missing else None
+            call.tasks[image] = asyncio.create_task(self._one(call, image, known),
                                                     name=f"pinsvc.pull {image}")
         try:
             if call.tasks:
@@ -123,9 +126,12 @@ class Puller:
 
     # ---- one image, as seen by one call -------------------------------------------------
 
-    async def _one(self, call: _Call, image: str, known_present: bool) -> PullResult:
-        """Presence check, then join or start the flight of `image` and report its end."""
-        if known_present or await self._check_present(call, image):
+    async def _one(self, call: _Call, image: str, known_present: bool | None) -> PullResult:
+        """Presence check (unless known), then join or start the flight of `image` and
+        report its end."""
+        if known_present is None:
+            known_present = await self._check_present(call, image)
+        if known_present:
             call.emit(ImageEvent(image, Kind.ALREADY_PRESENT))
             return PullResult(image, already_present=True)
         call.emit(ImageEvent(image, Kind.QUEUED))

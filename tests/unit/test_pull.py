@@ -155,6 +155,15 @@ async def test_present_images_are_not_pulled():
     assert all(r.ok for r in res.values())
 
 
+async def test_images_known_missing_are_pulled_without_a_second_check():
+    rt = FakeRuntime(present={"b"})
+    ev = Events()
+    res = await make(rt).pull_all(["a", "b"], on_event=ev, known_missing={"a", "b"})
+    assert rt.checks == Counter()  # the caller just asked the runtime
+    assert rt.calls == Counter({"a": 1, "b": 1})
+    assert all(r.ok and not r.already_present for r in res.values())
+
+
 async def test_presence_checks_are_bounded_by_parallelism():
     rt = FakeRuntime(present={f"i{n}" for n in range(8)}, present_delay=0.01)
     await make(rt).pull_all([f"i{n}" for n in range(8)], on_event=Events(), parallelism=3)
