@@ -26,10 +26,17 @@ class SetSpec:
     images: tuple[str, ...]
 
 
+NODE_METADATA = "x-pinsvc-node"
+
+
 class PinClient:
-    def __init__(self, endpoint: str):
+    """`node` (optional) is sent as `x-pinsvc-node` metadata on every call, so an agent's
+    logs (and simulated agents) know which node the caller means."""
+
+    def __init__(self, endpoint: str, node: str = ""):
         self.channel = grpc.aio.insecure_channel(channel_target(endpoint))
         self.stub = pinsvc_pb2_grpc.PinServiceStub(self.channel)
+        self.metadata = ((NODE_METADATA, node),) if node else None
 
     async def __aenter__(self) -> "PinClient":
         return self
@@ -44,13 +51,13 @@ class PinClient:
             options.attempt_timeout_seconds = attempt_timeout
         return self.stub.Apply(pb.ApplyRequest(
             sets=[pb.PinnedImageSet(name=s.name, generation=s.generation, images=list(s.images)) for s in sets],
-            pull=options))
+            pull=options), metadata=self.metadata)
 
     async def status(self) -> pb.NodeStatus:
-        return await self.stub.GetStatus(pb.GetStatusRequest())
+        return await self.stub.GetStatus(pb.GetStatusRequest(), metadata=self.metadata)
 
     async def check_space(self, images: Iterable[str]) -> pb.SpacePlan:
-        return await self.stub.CheckSpace(pb.CheckSpaceRequest(images=list(images)))
+        return await self.stub.CheckSpace(pb.CheckSpaceRequest(images=list(images)), metadata=self.metadata)
 
 
 def to_dict(message) -> dict:

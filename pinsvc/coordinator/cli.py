@@ -1,0 +1,247 @@
+"""`pinctl`: plan and roll out PinnedImageSets across node agents, per MachineConfigPool.
+
+Examples:
+  pinctl plan -f cluster.yaml                      # pre-flight: space on every node, per pool
+  pinctl rollout -f cluster.yaml --canary 1        # roll out, first node of each pool first
+  pinctl rollout -f cluster.yaml -o yaml > status.yaml
+  pinctl status -f cluster.yaml                    # MachineConfigNode/Pool status, read live
+  pinctl node status --endpoint unix:///run/pinsvc/pinsvc.sock
+  pinctl node apply --endpoint 10.0.0.5:9440 -f sets.yaml
+  pinctl node check-space --endpoint ... IMAGE...
+
+cluster.yaml holds PinnedImageSet, MachineConfigPool and Node objects as `oc get -o yaml`
+prints them (several files, `-` for stdin, multi-document streams and `kind: List` all work).
+The agent of a node is found through --endpoints (a YAML map node -> endpoint), the node's
+`pinsvc.io/agent-endpoint` annotation, or its InternalIP and --port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import grpc
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
+from pinsvc import errors
+from pinsvc.client import PinClient, SetSpec, to_dict
+from pinsvc.coordinator import objects, report, selection
+from pinsvc.coordinator.rollout import (APPLYING, DEFAULT_PORT, FAILED, UNAVAILABLE, UPDATED, NodeRecord,
+                                        Options, Record, Rollout, plan_rollout, rollout_id, status_doc)
+from pinsvc.progress import ApplyProgress
+
+_DONE = (UPDATED, FAILED, UNAVAILABLE, "Skipped", "NotStarted", "Paused")
+
+
+class RolloutProgress:
+    """Per pool and per node bars in a terminal; plain lines otherwise."""
+
+    def __init__(self, console: Console, plans):
+        self.console = console
+        self.live = console.is_terminal
+        self.bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                             TextColumn("{task.fields[note]}"), TimeElapsedColumn(), console=console,
+                             disable=not self.live)
+        self.pools: dict[str, TaskID] = {p.name: self.bars.add_task(f"pool {p.name}", total=len(p.targets), note="")
+                                         for p in plans}
+        self.nodes: dict[str, TaskID] = {}
+        self.finished: set[str] = set()
+
+    def __enter__(self):
+        self.bars.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.bars.__exit__(*exc)
+
+    def __call__(self, record: NodeRecord, event) -> None:
+        if record.state == APPLYING and record.node not in self.nodes:
+            self.nodes[record.node] = self.bars.add_task(f"  {record.node}", total=record.images or None, note="")
+            self._say(f"{record.pool}/{record.node}: applying {record.images} images")
+        if record.node in self.nodes:
+            self.bars.update(self.nodes[record.node], completed=record.images_done,
+                             note=f"{record.bytes_done / 2**20:.1f} MiB")
+        if record.state in _DONE and record.node not in self.finished and event is None:
+            self.finished.add(record.node)
+            self.bars.update(self.pools[record.pool], advance=1)
+            if record.node in self.nodes:
+                self.bars.remove_task(self.nodes.pop(record.node))
+            self._say(f"{record.pool}/{record.node}: {record.state}: {record.reason}")
+
+    def _say(self, text: str) -> None:
+        if self.live:
+            self.bars.console.print(text, markup=False, highlight=False)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+
+def _load(args) -> tuple:
+    cluster = objects.load(args.file)
+    for note in cluster.notes:
+        print(f"note: {note}", file=sys.stderr)
+    endpoints = selection.load_endpoint_map(args.endpoints) if args.endpoints else {}
+    return cluster, plan_rollout(cluster, port=args.port, endpoints=endpoints)
+
+
+def _options(args) -> Options:
+    return Options(max_parallel=getattr(args, "max_parallel", 0) or 0, canary=getattr(args, "canary", 0) or 0,
+                   canary_pause=getattr(args, "canary_pause", False),
+                   abort_after=getattr(args, "abort_after", 1),
+                   node_deadline_seconds=getattr(args, "node_deadline", 3600.0),
+                   retries=getattr(args, "retries", 3), concurrency=args.concurrency,
+                   parallelism=getattr(args, "parallelism", 0))
+
+
+def _record_path(args, plans) -> Path:
+    base = Path(args.record_dir or os.environ.get("PINCTL_RECORD_DIR") or Path.home() / ".local/state/pinctl")
+    return base / f"rollout-{rollout_id(plans)}.json"
+
+
+def _documents(rollout: Rollout, plans) -> tuple[dict, bool]:
+    records = rollout.record.nodes
+    nodes = [report.node_doc(records[t.node]) for p in plans for t in p.targets]
+    pools = [report.pool_doc(p, [records[t.node] for t in p.targets], rollout.aborted.get(p.name, ""))
+             for p in plans]
+    return report.as_list(nodes + pools), any(report.pool_degraded(p) for p in pools)
+
+
+def _summary(rollout: Rollout, plans) -> str:
+    lines = []
+    for plan in plans:
+        records = [rollout.record.node(t) for t in plan.targets]
+        to_pull = sum(r.required_bytes for r in records)
+        failing = [r for r in records if r.state in (FAILED, UNAVAILABLE, "Skipped")]
+        lines.append(f"pool {plan.name}: {len(records)} nodes, {len(records) - len(failing)} ready, "
+                     f"{to_pull / 2**30:.2f} GiB to pull (after decompression), max {plan.max_parallel} at once"
+                     + (" (paused)" if plan.paused else ""))
+        lines += [f"  {r.node}: {r.state}: {r.reason}" for r in failing]
+    return "\n".join(lines)
+
+
+async def _plan(args) -> int:
+    _, plans = _load(args)
+    rollout = Rollout(plans, _options(args))
+    await rollout.preflight()
+    if args.output:
+        print(report.render({"pools": [{"name": p.name, "nodes": [
+            {k: v for k, v in vars(rollout.record.node(t)).items() if k != "status"} for t in p.targets]}
+            for p in plans]}, args.output))
+    else:
+        print(_summary(rollout, plans))
+    return 1 if any(r.state in (FAILED, UNAVAILABLE) for r in rollout.record.nodes.values()) else 0
+
+
+async def _rollout(args) -> int:
+    _, plans = _load(args)
+    path = _record_path(args, plans)
+    rollout = Rollout(plans, _options(args), record=Record(path))
+    console = Console(stderr=True)
+    with RolloutProgress(console, plans) as progress:
+        rollout.progress = progress
+        try:
+            await rollout.run()
+        except asyncio.CancelledError:
+            print(f"cancelled; rerun the same command to resume (record {path})", file=sys.stderr)
+            raise
+    print(_summary(rollout, plans), file=sys.stderr)
+    doc, bad = _documents(rollout, plans)
+    print(report.render(doc, args.output or "yaml"))
+    print(f"record: {path}", file=sys.stderr)
+    return 1 if bad else 0
+
+
+async def _status(args) -> int:
+    _, plans = _load(args)
+    rollout = Rollout(plans, _options(args))
+    await rollout.read_status()
+    doc, bad = _documents(rollout, plans)
+    print(report.render(doc, args.output or "yaml"))
+    return 1 if bad else 0
+
+
+async def _node(args) -> int:
+    async with PinClient(args.endpoint) as client:
+        if args.node_command == "status":
+            print(report.render({"status": status_doc(await client.status())}, args.output or "yaml"))
+        elif args.node_command == "check-space":
+            print(json.dumps(to_dict(await client.check_space(args.images)), indent=2))
+        else:
+            cluster = objects.load(args.file)
+            specs = [SetSpec(s.name, s.generation, s.images) for s in cluster.sets.values()]
+            progress = ApplyProgress()
+            with progress:
+                async for event in client.apply(specs):
+                    progress.update(event)
+            print(report.render({"status": status_doc(progress.status)}, args.output or "yaml"))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pinctl", description=__doc__.split("\n\n")[0],
+                                epilog=__doc__.split("\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--log-level", default="warning")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def cluster_args(sp):
+        sp.add_argument("-f", "--file", action="append", required=True, help="cluster objects (YAML/JSON; - = stdin)")
+        sp.add_argument("--endpoints", help="YAML/JSON map of node name -> agent endpoint")
+        sp.add_argument("--port", type=int, default=DEFAULT_PORT, help="agent port on a node's InternalIP")
+        sp.add_argument("--concurrency", type=int, default=100, help="agent calls in flight")
+        sp.add_argument("-o", "--output", choices=("yaml", "json"), help="machine-readable output")
+
+    plan = sub.add_parser("plan", help="pre-flight only: space on every target node, per pool")
+    cluster_args(plan)
+    roll = sub.add_parser("rollout", help="roll the sets out, pool by pool")
+    cluster_args(roll)
+    roll.add_argument("--canary", type=int, default=0, help="apply the first N nodes of each pool first")
+    roll.add_argument("--canary-pause", action="store_true", help="stop after the canary; rerun to go on")
+    roll.add_argument("--max-parallel", type=int, default=0, help="nodes applying at once per pool (default: maxUnavailable)")
+    roll.add_argument("--abort-after", type=int, default=1, help="abort a pool once N nodes failed (0 = never)")
+    roll.add_argument("--node-deadline", type=float, default=3600.0, help="seconds per node")
+    roll.add_argument("--retries", type=int, default=3, help="attempts per node while its agent is unavailable")
+    roll.add_argument("--parallelism", type=int, default=0, help="pulls in flight per node (0 = agent default)")
+    roll.add_argument("--record-dir", help="where the durable rollout record lives (default ~/.local/state/pinctl)")
+    status = sub.add_parser("status", help="MachineConfigNode/Pool status read live from every agent")
+    cluster_args(status)
+    node = sub.add_parser("node", help="talk to one agent directly")
+    node_sub = node.add_subparsers(dest="node_command", required=True)
+    for name in ("apply", "status", "check-space"):
+        n = node_sub.add_parser(name)
+        n.add_argument("--endpoint", required=True, help="unix:///path or host:port")
+        n.add_argument("-o", "--output", choices=("yaml", "json"))
+        if name == "apply":
+            n.add_argument("-f", "--file", action="append", required=True, help="PinnedImageSet objects")
+        if name == "check-space":
+            n.add_argument("images", nargs="+")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    run = {"plan": _plan, "rollout": _rollout, "status": _status, "node": _node}[args.command]
+    try:
+        return asyncio.run(run(args))
+    except errors.InvalidArgument as e:
+        print("pinctl: invalid input:\n  " + "\n  ".join(e.problems), file=sys.stderr)
+        return 2
+    except errors.PinsvcError as e:
+        print(f"pinctl: {e}", file=sys.stderr)
+        return 1
+    except grpc.aio.AioRpcError as e:
+        print(f"pinctl: {e.code().name}: {e.details()}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("pinctl: interrupted", file=sys.stderr)
+        return 130
+
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""What a rollout reports: per node a MachineConfigNode-shaped document, per pool a
+MachineConfigPool status with the `PinnedImageSets` pool synchronizer, as a `kind: List`
+that could be applied to a cluster (status subresources), in YAML or JSON."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+import yaml
+
+from pinsvc.coordinator.rollout import (DEGRADED, FAILED, NOT_STARTED, PAUSED, SKIPPED, UNAVAILABLE, UPDATED,
+                                        NodeRecord, PoolPlan)
+
+API = "machineconfiguration.openshift.io/v1"
+_REASONS = {UNAVAILABLE: "AgentUnavailable", SKIPPED: "NodeSkipped", FAILED: "PrefetchFailed",
+            NOT_STARTED: "NotStarted", PAUSED: "PoolPaused"}
+
+
+def degraded(record: NodeRecord) -> bool:
+    if record.state in (FAILED, UNAVAILABLE, SKIPPED):
+        return True
+    conditions = (record.status or {}).get("conditions", [])
+    return any(c["type"] == DEGRADED and c["status"] == "True" for c in conditions)
+
+
+def node_doc(record: NodeRecord) -> dict:
+    status = dict(record.status or {"pinnedImageSets": [], "conditions": []})
+    if record.state != UPDATED and (record.state in _REASONS):
+        # The coordinator's own view when the agent could not say it (unreachable, skipped).
+        status["conditions"] = [c for c in status.get("conditions", []) if c["type"] != DEGRADED] + [{
+            "type": DEGRADED, "status": "True" if record.state in (FAILED, UNAVAILABLE, SKIPPED) else "False",
+            "reason": _REASONS[record.state], "message": record.reason}]
+    return {"apiVersion": API, "kind": "MachineConfigNode", "metadata": {"name": record.node},
+            "spec": {"node": {"name": record.node}, "pool": {"name": record.pool}}, "status": status}
+
+
+def pool_doc(plan: PoolPlan, records: list[NodeRecord], aborted: str = "") -> dict:
+    updated = [r for r in records if r.state == UPDATED]
+    bad = [r for r in records if degraded(r)]
+    unavailable = sum(1 for r in records if r.state in (UNAVAILABLE, SKIPPED, FAILED))
+    summary = {"poolSynchronizerType": "PinnedImageSets", "machineCount": len(records),
+               "updatedMachineCount": len(updated),
+               "readyMachineCount": sum(1 for r in updated if not degraded(r)),
+               "availableMachineCount": len(records) - unavailable,
+               "unavailableMachineCount": unavailable}
+    message = "; ".join(f"{r.node}: {r.reason}" for r in bad) or "All nodes are pinned"
+    if aborted:
+        message = f"{aborted}; {message}"
+    conditions = [{"type": DEGRADED, "status": "True" if bad or aborted else "False",
+                   "reason": "PrefetchFailed" if bad or aborted else "AsExpected", "message": message}]
+    return {"apiVersion": API, "kind": "MachineConfigPool", "metadata": {"name": plan.name},
+            "status": {"poolSynchronizersStatus": [summary], "conditions": conditions}}
+
+
+def pool_degraded(doc: dict) -> bool:
+    return any(c["type"] == DEGRADED and c["status"] == "True" for c in doc["status"]["conditions"])
+
+
+def as_list(items: Iterable[dict]) -> dict:
+    return {"apiVersion": "v1", "kind": "List", "items": list(items)}
+
+
+def render(doc: dict, output: str) -> str:
+    if output == "json":
+        return json.dumps(doc, indent=2)
+    return yaml.safe_dump(doc, sort_keys=False, width=120)

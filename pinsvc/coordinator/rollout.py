@@ -1,0 +1,409 @@
+"""Rolling PinnedImageSets out across node agents, per MachineConfigPool.
+
+`plan_rollout` turns a loaded Cluster into targets (node, pool, endpoint, sets) and refuses
+bad endpoints before any node is contacted. `Rollout` then runs:
+1. pre-flight: every target agent's CheckSpace in parallel; `plan` stops here;
+2. per pool, pools in parallel: at most max-parallel (maxUnavailable) nodes applying at once,
+   an optional canary (the first N nodes, then pause or go on), abort of the pool once more
+   than abort-after nodes failed, a deadline per node, retries for unavailable agents,
+   paused pools untouched. One failing node never cancels the others.
+Resumable: before applying, each agent is asked for its status and a node already at the
+desired generations is not applied again; a durable record keeps each node's outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import random
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import grpc
+
+from pinsvc import errors
+from pinsvc.client import PinClient, SetSpec
+from pinsvc.coordinator import selection
+from pinsvc.coordinator.objects import Cluster, PinnedImageSet
+from pinsvc.gen.pinsvc.v1 import pinsvc_pb2 as pb
+
+log = logging.getLogger("pinsvc.coordinator")
+
+DEFAULT_PORT = 9440
+
+# Node outcomes.
+PENDING, SKIPPED, UPDATED, FAILED, UNAVAILABLE, NOT_STARTED, PAUSED = (
+    "Pending", "Skipped", "Updated", "Failed", "Unavailable", "NotStarted", "Paused")
+APPLYING, CHECKED = "Applying", "Checked"
+DEGRADED = "PinnedImageSetsDegraded"
+
+
+@dataclass(frozen=True)
+class Target:
+    node: str
+    pool: str
+    endpoint: str
+    sets: tuple[PinnedImageSet, ...]
+    skip: str | None = None  # NotReady, DiskPressure
+
+    @property
+    def images(self) -> list[str]:
+        return list(dict.fromkeys(i for s in self.sets for i in s.images))
+
+    def specs(self) -> list[SetSpec]:
+        return [SetSpec(s.name, s.generation, s.images) for s in self.sets]
+
+
+@dataclass(frozen=True)
+class PoolPlan:
+    name: str
+    targets: tuple[Target, ...]
+    max_parallel: int
+    paused: bool
+
+
+def plan_rollout(cluster: Cluster, *, port: int = DEFAULT_PORT,
+                 endpoints: Mapping[str, str] = {}) -> list[PoolPlan]:
+    """Targets per pool. Raises one InvalidArgument naming every node whose agent endpoint
+    cannot be found."""
+    problems, by_pool = [], {}
+    for node in cluster.nodes.values():
+        pool = selection.primary_pool(cluster, node)
+        if pool is None:
+            continue
+        try:
+            endpoint = selection.endpoint(node, port=port, overrides=endpoints)
+        except errors.InvalidArgument as e:
+            problems += e.problems
+            continue
+        sets = tuple(selection.node_sets(cluster, node))
+        by_pool.setdefault(pool.name, []).append(
+            Target(node.name, pool.name, endpoint, sets, selection.skip_reason(node)))
+    if problems:
+        raise errors.InvalidArgument(problems)
+    plans = []
+    for name, pool in cluster.pools.items():
+        targets = tuple(by_pool.get(name, ()))
+        plans.append(PoolPlan(name, targets, selection.max_unavailable(pool, max(len(targets), 1)), pool.paused))
+    return plans
+
+
+@dataclass
+class NodeRecord:
+    """What the coordinator knows of one node; the durable record holds these."""
+
+    node: str
+    pool: str
+    endpoint: str
+    state: str = PENDING
+    reason: str = ""
+    attempts: int = 0
+    images: int = 0
+    images_done: int = 0
+    bytes_done: int = 0
+    required_bytes: int = 0
+    free_bytes: int = 0
+    fits: bool | None = None
+    status: dict | None = None  # the agent's NodeStatus as JSON
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Options:
+    max_parallel: int = 0  # 0 = each pool's maxUnavailable
+    canary: int = 0  # apply the first N nodes of each pool first
+    canary_pause: bool = False  # stop after the canary (rerun to go on)
+    abort_after: int = 1  # abort a pool once more than this many nodes failed (0 = never)
+    node_deadline_seconds: float = 3600.0
+    retries: int = 3  # attempts per node when its agent is unavailable
+    retry_backoff_seconds: float = 1.0
+    concurrency: int = 100  # agent calls in flight across all pools
+    parallelism: int = 0  # pulls in flight per node (0 = the agent's default)
+    preflight: bool = True
+
+
+Progress = Callable[[NodeRecord, "pb.ApplyEvent | None"], None]
+
+
+def rollout_id(plans: list[PoolPlan]) -> str:
+    """Stable id of a desired state: the same cluster input resumes the same record."""
+    doc = sorted((t.node, t.endpoint, [(s.name, s.generation) for s in t.sets]) for p in plans for t in p.targets)
+    return hashlib.sha256(json.dumps(doc).encode()).hexdigest()[:16]
+
+
+class Record:
+    """The durable rollout record: one JSON file, rewritten atomically on every change."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.nodes: dict[str, NodeRecord] = {}
+        if path and path.exists():
+            doc = json.loads(path.read_text())
+            self.nodes = {n["node"]: NodeRecord(**n) for n in doc.get("nodes", [])}
+
+    def node(self, target: Target) -> NodeRecord:
+        record = self.nodes.get(target.node)
+        if record is None or record.endpoint != target.endpoint:
+            record = self.nodes[target.node] = NodeRecord(target.node, target.pool, target.endpoint)
+        record.pool = target.pool
+        return record
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        data = json.dumps({"nodes": [asdict(n) for n in self.nodes.values()]}, indent=1).encode()
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".rollout-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def is_current(status: pb.NodeStatus, target: Target) -> bool:
+    """The node already pins exactly the target's sets at their generations."""
+    have = {s.name: s for s in status.pinned_image_sets}
+    want = {s.name: s.generation for s in target.sets}
+    return set(have) == set(want) and all(
+        have[n].current_generation == g and have[n].desired_generation == g for n, g in want.items())
+
+
+def _unavailable(e: grpc.aio.AioRpcError) -> bool:
+    return e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+class Rollout:
+    def __init__(self, plans: list[PoolPlan], options: Options, *, record: Record | None = None,
+                 progress: Progress = lambda record, event: None,
+                 connect: Callable[[str, str], PinClient] = PinClient):
+        self.plans = plans
+        self.options = options
+        self.record = record or Record(None)
+        self.progress = progress
+        self.connect = connect
+        self._gate = asyncio.Semaphore(max(options.concurrency, 1))
+        self.aborted: dict[str, str] = {}  # pool -> why it stopped early
+        for target in (t for p in plans for t in p.targets):
+            # The record keeps the last run's outcome; this run finds each node's state anew.
+            record = self.record.node(target)
+            record.state, record.reason = PENDING, ""
+
+    # ---- pre-flight ----------------------------------------------------------------------
+
+    async def preflight(self) -> None:
+        """CheckSpace on every target node in parallel; records fits, bytes and reasons."""
+        await asyncio.gather(*(self._check(t) for p in self.plans for t in p.targets))
+        self._save()
+
+    async def _check(self, target: Target) -> None:
+        record = self.record.node(target)
+        record.images = len(target.images)
+        if target.skip:
+            record.state, record.reason = SKIPPED, target.skip
+            self.progress(record, None)
+            return
+        try:
+            async with self._gate:
+                plan = await self._call(target, lambda c: c.check_space(target.images), record)
+        except grpc.aio.AioRpcError as e:
+            record.fits = False
+            record.state = UNAVAILABLE if _unavailable(e) else FAILED
+            record.reason = f"pre-flight: {e.code().name}: {e.details()}"
+        else:
+            record.required_bytes, record.free_bytes, record.fits = plan.required_bytes, plan.free_bytes, plan.fits
+            if not plan.fits:
+                record.state, record.reason = FAILED, f"pre-flight: {plan.verdict}"
+            else:
+                record.state, record.reason = CHECKED, plan.verdict
+        self.progress(record, None)
+
+    async def read_status(self) -> None:
+        """Every target agent's status, without changing anything."""
+        async def one(target: Target) -> None:
+            record = self.record.node(target)
+            if target.skip:
+                record.state, record.reason = SKIPPED, target.skip
+                return
+            try:
+                async with self._gate:
+                    status = await self._call(target, lambda c: c.status(), record)
+            except grpc.aio.AioRpcError as e:
+                record.state, record.reason = UNAVAILABLE, f"{e.code().name}: {e.details()}"
+                return
+            record.status = status_doc(status)
+            if is_current(status, target):
+                record.state, record.reason = UPDATED, "at the desired generations"
+            else:
+                failed = [s for s in status.pinned_image_sets if s.last_failed_generation]
+                record.state = FAILED if failed else PENDING
+                record.reason = ("; ".join(f"{s.name}: {s.last_failed_generation_error}" for s in failed)
+                                 or "not at the desired generations yet")
+
+        await asyncio.gather(*(one(t) for p in self.plans for t in p.targets))
+
+    # ---- rollout -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        if self.options.preflight:
+            await self.preflight()
+        try:
+            await asyncio.gather(*(self._pool(p) for p in self.plans))
+        finally:
+            self._save()
+
+    async def _pool(self, plan: PoolPlan) -> None:
+        records = [self.record.node(t) for t in plan.targets]
+        if plan.paused:
+            for r in records:
+                if r.state not in (UPDATED, SKIPPED):
+                    r.state, r.reason = PAUSED, f"pool {plan.name} is paused"
+                    self.progress(r, None)
+            return
+        width = self.options.max_parallel or plan.max_parallel
+        todo = [t for t in plan.targets if self.record.node(t).state not in (SKIPPED,)]
+        failed = [t for t in todo if self.record.node(t).state in (FAILED, UNAVAILABLE)]
+        todo = [t for t in todo if t not in failed]
+        canary = self.options.canary
+        batches = [todo[:canary], todo[canary:]] if canary else [todo]
+        for index, batch in enumerate(batches):
+            failures = len(failed)
+            if self._aborted(plan, failures):
+                self.aborted[plan.name] = (f"pool {plan.name} aborted: {failures} nodes failed "
+                                           f"(abort after {self.options.abort_after})")
+                self._not_started(plan, batch, self.aborted[plan.name])
+                return
+            failed += await self._batch(plan, batch, width, len(failed))
+            if self._aborted(plan, len(failed)) and any(
+                    self.record.node(t).state == NOT_STARTED for t in batch):
+                self.aborted[plan.name] = (f"pool {plan.name} aborted: {len(failed)} nodes failed "
+                                           f"(abort after {self.options.abort_after})")
+            if canary and index == 0 and self.options.canary_pause and batches[1]:
+                self._not_started(plan, batches[1], f"paused after the canary of {canary} nodes; rerun to go on")
+                return
+
+    def _aborted(self, plan: PoolPlan, failures: int) -> bool:
+        return self.options.abort_after > 0 and failures >= self.options.abort_after
+
+    def _not_started(self, plan: PoolPlan, targets, reason: str) -> None:
+        for t in targets:
+            r = self.record.node(t)
+            if r.state not in (UPDATED, FAILED, UNAVAILABLE, SKIPPED):
+                r.state, r.reason = NOT_STARTED, reason
+                self.progress(r, None)
+        self._save()
+
+    async def _batch(self, plan: PoolPlan, targets, width: int, failed_before: int) -> list[Target]:
+        """Applies `targets` with at most `width` at once; stops starting new ones once the
+        pool's failures pass the abort threshold. Returns the targets that failed."""
+        slots = asyncio.Semaphore(max(width, 1))
+        failed: list[Target] = []
+        stop = asyncio.Event()
+
+        async def one(target: Target) -> None:
+            async with slots:
+                if stop.is_set():
+                    self._not_started(plan, [target], f"pool {plan.name} aborted: {failed_before + len(failed)} "
+                                                      f"nodes failed (abort after {self.options.abort_after})")
+                    return
+                ok = await self._node(target)
+            if not ok:
+                failed.append(target)
+                if self._aborted(plan, failed_before + len(failed)):
+                    stop.set()
+
+        await asyncio.gather(*(one(t) for t in targets))
+        return failed
+
+    async def _node(self, target: Target) -> bool:
+        """Brings one node to its sets; True when it is updated."""
+        record = self.record.node(target)
+        start = time.monotonic()
+        try:
+            async with asyncio.timeout(self.options.node_deadline_seconds or None):
+                await self._converge(target, record)
+        except TimeoutError:
+            record.state = FAILED
+            record.reason = f"deadline of {self.options.node_deadline_seconds:g}s passed"
+        except grpc.aio.AioRpcError as e:
+            record.state = UNAVAILABLE if _unavailable(e) else FAILED
+            record.reason = f"{e.code().name}: {e.details()}"
+        record.seconds = time.monotonic() - start
+        self.progress(record, None)
+        self._save()
+        return record.state == UPDATED
+
+    async def _converge(self, target: Target, record: NodeRecord) -> None:
+        async with self._gate:
+            status = await self._call(target, lambda c: c.status(), record)
+        if is_current(status, target):
+            record.state, record.reason, record.status = UPDATED, "already at the desired generations", status_doc(status)
+            return
+        record.state, record.reason = APPLYING, ""
+        record.images_done = record.bytes_done = 0
+        self.progress(record, None)
+
+        async def apply(client: PinClient) -> None:
+            async for event in client.apply(target.specs(), parallelism=self.options.parallelism):
+                kind = event.WhichOneof("event")
+                if kind == "image" and event.image.kind in (pb.ImageEvent.PULLED, pb.ImageEvent.ALREADY_PRESENT):
+                    record.images_done += 1
+                    record.bytes_done += event.image.bytes
+                elif kind == "status":
+                    record.status = status_doc(event.status)
+                self.progress(record, event)
+
+        try:
+            async with self._gate:
+                await self._call(target, apply, record)
+        except grpc.aio.AioRpcError as e:
+            if record.status is not None and not _unavailable(e):
+                record.state, record.reason = FAILED, f"{e.code().name}: {e.details()}"
+                return
+            raise
+        record.state, record.reason = UPDATED, "pinned and verified"
+
+    async def _call(self, target: Target, fn, record: NodeRecord):
+        """Calls the agent, retrying while it is unavailable."""
+        attempts = max(self.options.retries, 1)
+        for attempt in range(1, attempts + 1):
+            record.attempts = attempt
+            try:
+                async with self.connect(target.endpoint, target.node) as client:
+                    return await fn(client)
+            except grpc.aio.AioRpcError as e:
+                if not _unavailable(e) or attempt == attempts:
+                    raise
+                wait = self.options.retry_backoff_seconds * 2 ** (attempt - 1) * random.uniform(0.8, 1.2)
+                log.warning("node %s: agent at %s unavailable (%s); attempt %d/%d, retrying in %.1fs",
+                            target.node, target.endpoint, e.details(), attempt, attempts, wait)
+                await asyncio.sleep(wait)
+
+    def _save(self) -> None:
+        self.record.save()
+
+
+def status_doc(status: pb.NodeStatus) -> dict:
+    """The agent's NodeStatus as MachineConfigNode.status (failure fields only when set)."""
+    sets = []
+    for s in status.pinned_image_sets:
+        entry = {"name": s.name, "desiredGeneration": s.desired_generation}
+        if s.current_generation:
+            entry["currentGeneration"] = s.current_generation
+        if s.last_failed_generation:
+            entry["lastFailedGeneration"] = s.last_failed_generation
+            entry["lastFailedGenerationError"] = s.last_failed_generation_error
+        sets.append(entry)
+    conditions = [{"type": c.type, "status": c.status, "reason": c.reason, "message": c.message,
+                   "lastTransitionTime": c.last_transition_time} for c in status.conditions]
+    return {"pinnedImageSets": sets, "conditions": conditions}
