@@ -190,3 +190,29 @@ def test_an_agent_killed_mid_rollout_shows_unavailable_and_a_rerun_resumes(clust
     assert code == 0, err
     assert err.count("already at the desired generations") == 2, "n2 and n3 are not applied again"
     assert synchronizer(items(doc, "MachineConfigPool")["worker"])["updatedMachineCount"] == 2
+
+
+def test_ctrl_c_cancels_cleanly_and_the_next_run_resumes(cluster, registry):
+    import signal
+    import time
+
+    registry.pause()  # every node hangs in its space check
+    try:
+        argv = [sys.executable, "-m", "pinsvc.coordinator.cli", "rollout", "-f", str(cluster.file),
+                "--endpoints", str(cluster.endpoints), "--record-dir", str(cluster.record_dir), "-o", "json"]
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(2)
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGINT)
+        start = time.monotonic()
+        _, err = proc.communicate(timeout=15)
+        assert proc.returncode == 130 and "interrupted" in err
+        assert time.monotonic() - start < 5, "Ctrl-C does not wait for the nodes"
+    finally:
+        registry.resume()
+    for agent in cluster.agents.values():
+        assert agent.proc.poll() is None, "agents survive a cancelled rollout"
+    code, doc, err = cluster.pinctl("rollout")
+    assert code == 0, err
+    assert all(synchronizer(p)["updatedMachineCount"] == synchronizer(p)["machineCount"]
+               for p in items(doc, "MachineConfigPool").values())
