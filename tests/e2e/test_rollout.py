@@ -216,3 +216,28 @@ def test_ctrl_c_cancels_cleanly_and_the_next_run_resumes(cluster, registry):
     assert code == 0, err
     assert all(synchronizer(p)["updatedMachineCount"] == synchronizer(p)["machineCount"]
                for p in items(doc, "MachineConfigPool").values())
+
+
+def test_node_commands_talk_to_one_agent(cluster):
+    agent = cluster.agents["n1"]
+    sets = cluster.workdir / "sets.yaml"
+    sets.write_text(yaml.safe_dump(_set("direct", 5, {}, [cluster.workload["oci"]])))
+
+    def pinctl(*args):
+        proc = subprocess.run([sys.executable, "-m", "pinsvc.coordinator.cli", "node", *args,
+                               "--endpoint", agent.endpoint, "-o", "json"], capture_output=True, text=True, timeout=60)
+        return proc.returncode, proc.stdout, proc.stderr
+
+    code, out, err = pinctl("check-space", cluster.workload["oci"])
+    assert code == 0, err
+    plan = json.loads(out)
+    assert plan["fits"] and int(plan["compressedBytes"]) > 0 and plan["mountpoint"]
+    code, out, err = pinctl("apply", "-f", str(sets))
+    assert code == 0, err
+    assert json.loads(out)["status"]["pinnedImageSets"] == [
+        {"name": "direct", "desiredGeneration": 5, "currentGeneration": 5}]
+    assert cluster.workload["oci"] in cluster.crios["n1"].pinned_images()
+    code, out, err = pinctl("status")
+    assert code == 0 and json.loads(out)["status"]["pinnedImageSets"][0]["name"] == "direct"
+    code, out, err = pinctl("check-space", "quay.io/app:latest")
+    assert code == 1 and "INVALID_ARGUMENT" in err and "quay.io/app:latest" in err
