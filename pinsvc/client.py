@@ -42,6 +42,9 @@ class PinClient:
         return self
 
     async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def close(self) -> None:
         await self.channel.close()
 
     def apply(self, sets: Iterable[SetSpec], *, parallelism: int = 0,

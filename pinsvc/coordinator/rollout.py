@@ -196,6 +196,7 @@ class Rollout:
         self._gate = asyncio.Semaphore(max(options.concurrency, 1))
         self.aborted: dict[str, str] = {}  # pool -> why it stopped early
         self._saved_at = 0.0
+        self._clients: dict[str, PinClient] = {}
         for target in (t for p in plans for t in p.targets):
             # The record keeps the last run's outcome; this run finds each node's state anew.
             record = self.record.node(target)
@@ -205,6 +206,12 @@ class Rollout:
 
     async def preflight(self) -> None:
         """CheckSpace on every target node in parallel; records fits, bytes and reasons."""
+        try:
+            await self._preflight()
+        finally:
+            await self.aclose()
+
+    async def _preflight(self) -> None:
         await asyncio.gather(*(self._check(t) for p in self.plans for t in p.targets))
         self._save(force=True)
 
@@ -252,17 +259,21 @@ class Rollout:
                 record.reason = ("; ".join(f"{s.name}: {s.last_failed_generation_error}" for s in failed)
                                  or "not at the desired generations yet")
 
-        await asyncio.gather(*(one(t) for p in self.plans for t in p.targets))
+        try:
+            await asyncio.gather(*(one(t) for p in self.plans for t in p.targets))
+        finally:
+            await self.aclose()
 
     # ---- rollout -------------------------------------------------------------------------
 
     async def run(self) -> None:
-        if self.options.preflight:
-            await self.preflight()
         try:
+            if self.options.preflight:
+                await self._preflight()
             await asyncio.gather(*(self._pool(p) for p in self.plans))
         finally:
             self._save(force=True)
+            await asyncio.shield(self.aclose())
 
     async def _pool(self, plan: PoolPlan) -> None:
         records = [self.record.node(t) for t in plan.targets]
@@ -376,20 +387,32 @@ class Rollout:
         record.state, record.reason = UPDATED, "pinned and verified"
 
     async def _call(self, target: Target, fn, record: NodeRecord):
-        """Calls the agent, retrying while it is unavailable."""
+        """Calls the agent over the node's channel (one per node for the whole rollout),
+        retrying on a fresh channel while it is unavailable."""
         attempts = max(self.options.retries, 1)
         for attempt in range(1, attempts + 1):
             record.attempts = attempt
+            client = self._clients.get(target.node)
+            if client is None:
+                client = self._clients[target.node] = self.connect(target.endpoint, target.node)
             try:
-                async with self.connect(target.endpoint, target.node) as client:
-                    return await fn(client)
+                return await fn(client)
             except grpc.aio.AioRpcError as e:
-                if not _unavailable(e) or attempt == attempts:
+                if not _unavailable(e):
+                    raise
+                # A channel in backoff after a failure would delay the retry: start afresh.
+                await self._clients.pop(target.node).close()
+                if attempt == attempts:
                     raise
                 wait = self.options.retry_backoff_seconds * 2 ** (attempt - 1) * random.uniform(0.8, 1.2)
                 log.warning("node %s: agent at %s unavailable (%s); attempt %d/%d, retrying in %.1fs",
                             target.node, target.endpoint, e.details(), attempt, attempts, wait)
                 await asyncio.sleep(wait)
+
+    async def aclose(self) -> None:
+        """Closes every agent channel."""
+        clients, self._clients = list(self._clients.values()), {}
+        await asyncio.gather(*(c.close() for c in clients))
 
     def _save(self, force: bool = False) -> None:
         """Writes the record at most once a second while nodes change (a full rewrite per
