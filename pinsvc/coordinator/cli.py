@@ -64,7 +64,7 @@ class RolloutProgress:
         if record.state == APPLYING and record.node not in self.nodes:
             self.nodes[record.node] = self.bars.add_task(f"  {record.node}", total=record.images or None, note="")
             self._say(f"{record.pool}/{record.node}: applying {record.images} images")
-        if record.node in self.nodes:
+        if record.node in self.nodes and self.live:
             self.bars.update(self.nodes[record.node], completed=record.images_done,
                              note=f"{record.bytes_done / 2**20:.1f} MiB")
         if record.state in _DONE and record.node not in self.finished and event is None:

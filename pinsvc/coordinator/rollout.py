@@ -357,33 +357,36 @@ class Rollout:
         return record.state == UPDATED
 
     async def _converge(self, target: Target, record: NodeRecord) -> None:
+        # One slot of the global gate for the node's status read and its Apply together, so
+        # that nodes finish one by one instead of every node reading its status first.
         async with self._gate:
             status = await self._call(target, lambda c: c.status(), record)
-        if is_current(status, target):
-            record.state, record.reason, record.status = UPDATED, "already at the desired generations", status_doc(status)
-            return
-        record.state, record.reason = APPLYING, ""
-        record.images_done = record.bytes_done = 0
-        self.progress(record, None)
-
-        async def apply(client: PinClient) -> None:
-            async for event in client.apply(target.specs(), parallelism=self.options.parallelism):
-                kind = event.WhichOneof("event")
-                if kind == "image" and event.image.kind in (pb.ImageEvent.PULLED, pb.ImageEvent.ALREADY_PRESENT):
-                    record.images_done += 1
-                    record.bytes_done += event.image.bytes
-                elif kind == "status":
-                    record.status = status_doc(event.status)
-                self.progress(record, event)
-
-        try:
-            async with self._gate:
-                await self._call(target, apply, record)
-        except grpc.aio.AioRpcError as e:
-            if record.status is not None and not _unavailable(e):
-                record.state, record.reason = FAILED, f"{e.code().name}: {e.details()}"
+            if is_current(status, target):
+                record.state, record.reason = UPDATED, "already at the desired generations"
+                record.status = status_doc(status)
                 return
-            raise
+            record.state, record.reason = APPLYING, ""
+            record.images_done = record.bytes_done = 0
+            self.progress(record, None)
+
+            async def apply(client: PinClient) -> None:
+                async for event in client.apply(target.specs(), parallelism=self.options.parallelism):
+                    kind = event.WhichOneof("event")
+                    if kind == "image" and event.image.kind in (pb.ImageEvent.PULLED,
+                                                                pb.ImageEvent.ALREADY_PRESENT):
+                        record.images_done += 1
+                        record.bytes_done += event.image.bytes
+                        self.progress(record, event)
+                    elif kind == "status":
+                        record.status = status_doc(event.status)
+
+            try:
+                await self._call(target, apply, record)
+            except grpc.aio.AioRpcError as e:
+                if record.status is not None and not _unavailable(e):
+                    record.state, record.reason = FAILED, f"{e.code().name}: {e.details()}"
+                    return
+                raise
         record.state, record.reason = UPDATED, "pinned and verified"
 
     async def _call(self, target: Target, fn, record: NodeRecord):
