@@ -11,14 +11,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
+import os
 import signal
 import sys
 from pathlib import Path
 
 import grpc
 
-from pinsvc import config, errors
+from pinsvc import config, errors, logs, tracing
 
 DEFAULT_ENDPOINT = "unix:///run/pinsvc/pinsvc.sock"
 
@@ -29,7 +29,7 @@ def _agent(args: argparse.Namespace) -> int:
     except errors.PinsvcError as e:
         print(f"pinsvc: {e}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(settings.log_level, settings.log_format)
     from pinsvc.api.server import serve
 
     async def main() -> None:
@@ -39,11 +39,15 @@ def _agent(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         await serve(settings, stop=stop)
 
-    try:
-        asyncio.run(main())
-    except errors.PinsvcError as e:
-        print(f"pinsvc: {e}", file=sys.stderr)
-        return 1
+    endpoint = "" if settings.otlp_endpoint == "none" else settings.otlp_endpoint
+    if settings.otlp_endpoint == "none":
+        os.environ["OTEL_SDK_DISABLED"] = "true"
+    with tracing.configured("pinsvc-agent", endpoint):
+        try:
+            asyncio.run(main())
+        except errors.PinsvcError as e:
+            print(f"pinsvc: {e}", file=sys.stderr)
+            return 1
     return 0
 
 

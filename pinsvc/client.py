@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import grpc
 from google.protobuf import json_format
 
+from pinsvc import tracing
 from pinsvc.gen.pinsvc.v1 import pinsvc_pb2 as pb
 from pinsvc.gen.pinsvc.v1 import pinsvc_pb2_grpc
 
@@ -34,7 +35,7 @@ class PinClient:
     logs (and simulated agents) know which node the caller means."""
 
     def __init__(self, endpoint: str, node: str = ""):
-        self.channel = grpc.aio.insecure_channel(channel_target(endpoint))
+        self.channel = grpc.aio.insecure_channel(channel_target(endpoint), interceptors=tracing.client_interceptors())
         self.stub = pinsvc_pb2_grpc.PinServiceStub(self.channel)
         self.metadata = ((NODE_METADATA, node),) if node else None
 

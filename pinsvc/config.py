@@ -91,6 +91,8 @@ class Settings:
     cri_timeout_seconds: float = _f(10.0, "bound of one CRI call other than PullImage")
     state_dir: Path = _f(Path("/var/lib/pinsvc"), "where the state file and manifest cache live")
     log_level: str = _f("info", "debug, info, warning or error")
+    log_format: str = _f("text", "text, or json (one object a line, with the trace id of a traced request)")
+    otlp_endpoint: str = _f("", "OTLP/gRPC endpoint for traces, e.g. http://127.0.0.1:4317 ('' = OTEL_EXPORTER_OTLP_ENDPOINT; none = off)")
     server: ServerSettings = field(default_factory=ServerSettings)
     space: SpaceSettings = field(default_factory=SpaceSettings)
     pull: PullSettings = field(default_factory=PullSettings)
@@ -220,6 +222,8 @@ def validate(s: Settings) -> None:
     problems = []
     if s.reload.strategy not in ("systemctl", "signal", "none"):
         problems.append(f"reload.strategy {s.reload.strategy!r} is not one of systemctl, signal, none")
+    if s.log_format not in ("text", "json"):
+        problems.append(f"log_format {s.log_format!r} is not one of text, json")
     if s.pull.parallelism < 1 or s.pull.max_parallelism < 1:
         problems.append("pull.parallelism and pull.max_parallelism must be >= 1")
     if s.pull.max_attempts < 1:

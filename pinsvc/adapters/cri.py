@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from pinsvc import errors
+from pinsvc import errors, tracing
 from pinsvc.adapters.pullsecret import Credentials
 from pinsvc.gen.runtime.v1 import api_pb2, api_pb2_grpc
 from pinsvc.model import RuntimeImage
@@ -54,7 +54,7 @@ class CriClient:
     def __init__(self, endpoint: str, *, timeout: float = 10.0):
         self.endpoint = endpoint
         self.timeout = timeout or None
-        self._channel = grpc.aio.insecure_channel(target(endpoint), options=[
+        self._channel = grpc.aio.insecure_channel(target(endpoint), interceptors=tracing.client_interceptors(), options=[
             ("grpc.max_receive_message_length", _MAX_MESSAGE),
             # Reconnect quickly after a runtime restart.
             ("grpc.initial_reconnect_backoff_ms", 100),

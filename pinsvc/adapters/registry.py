@@ -40,6 +40,7 @@ import aiohttp
 from multidict import CIMultiDictProxy
 
 from pinsvc.adapters.pullsecret import Credentials
+from pinsvc import tracing
 from pinsvc.errors import ImageNotFound, PinsvcError, RegistryError, Unauthorized
 from pinsvc.model import Layer
 from pinsvc.refs import ImageRef
@@ -360,7 +361,11 @@ class RegistryClient:
     async def _fetch(self, ref: ImageRef, digest: str) -> bytes:
         """GET the manifest, map failures to the error tree, verify the digest."""
         url = f"{self._base_url(ref.host)}/v2/{ref.path}/manifests/{digest}"
-        reply = await self._get_authorized(ref, url)
+        with tracing.span("GET manifest", {"image": str(ref), "registry": ref.host, "manifest.digest": digest}):
+            reply = await self._get_authorized(ref, url)
+            tracing.set_attributes(**{"http.response.status_code": reply.status})
+            if reply.status != 200:
+                tracing.set_error(f"HTTP {reply.status}")
         if reply.status != 200:
             raise self._manifest_error(ref, digest, reply)
         actual = _sha256(reply.body)

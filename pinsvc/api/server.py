@@ -16,7 +16,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from pinsvc import errors
+from pinsvc import errors, tracing
 from pinsvc.api import convert
 from pinsvc.config import Settings
 from pinsvc.core.agent import Agent
@@ -144,7 +144,8 @@ async def serve(settings: Settings, *, ready: Callable[[], None] | None = None,
                 stop: asyncio.Event | None = None) -> None:
     """Serves until `stop` is set (or forever), then shuts down gracefully."""
     agent = Agent.from_settings(settings)
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 16 << 20)])
+    server = grpc.aio.server(interceptors=tracing.server_interceptors(),
+                             options=[("grpc.max_receive_message_length", 16 << 20)])
     pinsvc_pb2_grpc.add_PinServiceServicer_to_server(PinServicer(agent), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

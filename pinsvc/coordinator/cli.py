@@ -29,7 +29,7 @@ import grpc
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-from pinsvc import errors
+from pinsvc import errors, tracing
 from pinsvc.client import PinClient, SetSpec, to_dict
 from pinsvc.coordinator import objects, report, selection
 from pinsvc.coordinator.rollout import (APPLYING, DEFAULT_PORT, FAILED, UNAVAILABLE, UPDATED, NodeRecord,
@@ -186,6 +186,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pinctl", description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--log-level", default="warning")
+    p.add_argument("--otlp-endpoint", default="",
+                   help="OTLP/gRPC endpoint for traces, e.g. http://127.0.0.1:4317 (default: OTEL_EXPORTER_OTLP_ENDPOINT; unset = off)")
     sub = p.add_subparsers(dest="command", required=True)
 
     def cluster_args(sp):
@@ -227,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     run = {"plan": _plan, "rollout": _rollout, "status": _status, "node": _node}[args.command]
     try:
-        return asyncio.run(run(args))
+        with tracing.configured("pinctl", args.otlp_endpoint):
+            return asyncio.run(run(args))
     except errors.InvalidArgument as e:
         print("pinctl: invalid input:\n  " + "\n  ".join(e.problems), file=sys.stderr)
         return 2

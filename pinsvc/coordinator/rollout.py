@@ -27,7 +27,7 @@ from pathlib import Path
 
 import grpc
 
-from pinsvc import errors
+from pinsvc import errors, tracing
 from pinsvc.client import PinClient, SetSpec
 from pinsvc.coordinator import selection
 from pinsvc.coordinator.objects import Cluster, PinnedImageSet
@@ -268,12 +268,23 @@ class Rollout:
 
     async def run(self) -> None:
         try:
-            if self.options.preflight:
-                await self._preflight()
-            await asyncio.gather(*(self._pool(p) for p in self.plans))
+            with tracing.span("rollout", {"pools": [p.name for p in self.plans],
+                                          "nodes": sum(len(p.targets) for p in self.plans)}):
+                if self.options.preflight:
+                    with tracing.span("preflight"):
+                        await self._preflight()
+                await asyncio.gather(*(self._traced_pool(p) for p in self.plans))
+                if self.aborted or any(r.state in (FAILED, UNAVAILABLE) for r in self.record.nodes.values()):
+                    tracing.set_error("; ".join(self.aborted.values()) or "some nodes failed")
         finally:
             self._save(force=True)
             await asyncio.shield(self.aclose())
+
+    async def _traced_pool(self, plan: PoolPlan) -> None:
+        with tracing.span("pool", {"pool": plan.name, "nodes": len(plan.targets), "paused": plan.paused}):
+            await self._pool(plan)
+            if plan.name in self.aborted:
+                tracing.set_error(self.aborted[plan.name])
 
     async def _pool(self, plan: PoolPlan) -> None:
         records = [self.record.node(t) for t in plan.targets]
@@ -340,6 +351,15 @@ class Rollout:
 
     async def _node(self, target: Target) -> bool:
         """Brings one node to its sets; True when it is updated."""
+        with tracing.span("node", {"node": target.node, "pool": target.pool, "endpoint": target.endpoint,
+                                   "sets": [s.name for s in target.sets]}):
+            ok = await self._node_body(target)
+            tracing.set_attributes(result=self.record.node(target).state)
+            if not ok:
+                tracing.set_error(self.record.node(target).reason)
+            return ok
+
+    async def _node_body(self, target: Target) -> bool:
         record = self.record.node(target)
         start = time.monotonic()
         try:

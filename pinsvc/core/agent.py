@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from pinsvc import errors
+from pinsvc import errors, tracing
 from pinsvc.adapters.cri import CriClient
 from pinsvc.adapters.pullsecret import PullSecretFile
 from pinsvc.adapters.registry import RegistryClient
@@ -180,7 +180,10 @@ class Agent:
             await asyncio.wait([previous])
         async with self._lock:
             try:
-                return await self._apply(sets, emit, parallelism, attempt_timeout)
+                with tracing.span("apply", {"node": self.settings.node_name, "sets": [s.name for s in sets],
+                                            "generations": [s.generation for s in sets],
+                                            "images": len(union(sets))}):
+                    return await self._apply(sets, emit, parallelism, attempt_timeout)
             except asyncio.CancelledError:
                 self.state.set_condition(PROGRESSING, "False", "Interrupted",
                                          "the last Apply was cancelled before it finished")
@@ -206,6 +209,8 @@ class Agent:
         except errors.PinsvcError as e:
             log.error("apply failed: %s", e)
             run.error = e
+        if run.error or run.failed:
+            tracing.set_error(run.error or errors.combined(list(run.failed.values())))
         await self._finish(run)
         failures = ([run.error] if run.error else []) + list(run.failed.values())
         return ApplyOutcome(await self.status(), errors.combined(failures) if failures else None)
@@ -214,7 +219,14 @@ class Agent:
         if not self.settings.space.enabled or all(i in present for i in images):
             return
         start = time.monotonic()
-        plan, failed = await self.space.plan(images, present, listed)
+        with tracing.span("space check", {"images": len(images), "present": len(present)}):
+            plan, failed = await self.space.plan(images, present, listed)
+            layers_shared = sum(p.layers_shared for p in plan.images)
+            tracing.set_attributes(compressed_bytes=plan.compressed_bytes, required_bytes=plan.required_bytes,
+                                   free_bytes=plan.free_bytes, layers_already_present=layers_shared,
+                                   fits=plan.fits, unsized=len(failed))
+            if not plan.fits:
+                tracing.set_error(plan.verdict)
         for image, error in failed.items():
             run.failed[image] = error
             self._image(image).phase, self._image(image).last_error = "failed", str(error)
@@ -266,7 +278,9 @@ class Agent:
         """Writes the drop-in, reloads and verifies; restores the old drop-in on failure."""
         unpinned = sorted(set(self.state.pinned) - set(pins))
         start = time.monotonic()
-        result = await self.dropin.write(pins)
+        with tracing.span("drop-in write", {"path": str(self.dropin.path), "images": len(pins)}):
+            result = await self.dropin.write(pins)
+            tracing.set_attributes(changed=result.changed, removed=result.removed)
         if result.changed:
             what = "removed" if result.removed else f"written with {len(pins)} images"
             emit(StageEvent(StageKind.DROPIN_WRITTEN, f"{self.dropin.path} {what}", time.monotonic() - start))
@@ -277,12 +291,12 @@ class Agent:
                 raise
         else:
             emit(StageEvent(StageKind.DROPIN_UNCHANGED, f"{self.dropin.path} already pins these {len(pins)} images"))
-        report = await self.verify(pins, unpinned)
+        report = await self._verify(pins, unpinned)
         if not report.ok and not result.changed:
             # The file is right but the runtime may never have read it (e.g. the agent was
             # killed between the write and the reload): reload once and look again.
             await self._reload(emit)
-            report = await self.verify(pins, unpinned)
+            report = await self._verify(pins, unpinned)
         if not report.ok:
             if result.changed:
                 await self.dropin.restore(result.previous)
@@ -296,8 +310,18 @@ class Agent:
             self._image(image).phase = "pinned"
 
     async def _reload(self, emit: Emit) -> None:
-        reloaded = await self.reloader.reload()
+        with tracing.span("reload", {"strategy": self.settings.reload.strategy}):
+            reloaded = await self.reloader.reload()
+            tracing.set_attributes(detail=reloaded.detail)
         emit(StageEvent(StageKind.RUNTIME_RELOADED, reloaded.detail, reloaded.duration_seconds))
+
+    async def _verify(self, pins: list[str], unpinned: list[str]) -> VerifyReport:
+        with tracing.span("verify", {"pinned": len(pins), "unpinned": len(unpinned)}):
+            report = await self.verify(pins, unpinned)
+            tracing.set_attributes(ok=report.ok, repulled=len(report.repulled))
+            if not report.ok:
+                tracing.set_error(report.message())
+            return report
 
     # ---- state -----------------------------------------------------------------------------
 

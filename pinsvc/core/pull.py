@@ -21,7 +21,7 @@ import random
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from pinsvc import errors
+from pinsvc import errors, tracing
 from pinsvc.config import PullSettings
 from pinsvc.model import ImageEvent, ImageEventKind as Kind, PullResult
 
@@ -188,7 +188,7 @@ class Puller:
                                  queue_wait_seconds=o.queue_wait))
         else:
             call.emit(ImageEvent(image, Kind.FAILED, attempt=o.attempts, reason=str(o.error),
-                                 queue_wait_seconds=o.queue_wait))
+                                 queue_wait_seconds=o.queue_wait, error_class=errors.error_class(o.error)))
         return PullResult(image, attempts=o.attempts, duration_seconds=o.duration,
                           queue_wait_seconds=o.queue_wait, error=o.error)
 
@@ -215,6 +215,19 @@ class Puller:
     # ---- the shared pull ------------------------------------------------------------------
 
     async def _fly(self, flight: _Flight, call: _Call, after: asyncio.Task | None) -> _Outcome:
+        """The traced pull of one image: a `pull` span (child of the caller's span) with one
+        `attempt` span per attempt and an event per retry."""
+        host, _, rest = flight.image.partition("/")
+        with tracing.span("pull", {"image": flight.image, "registry": host,
+                                   "image.digest": rest.rpartition("@")[2]}):
+            outcome = await self._fly_attempts(flight, call, after)
+            tracing.set_attributes(attempts=outcome.attempts, queue_wait_seconds=outcome.queue_wait,
+                                   result="pulled" if outcome.error is None else "failed")
+            if outcome.error is not None:
+                tracing.set_error(outcome.error)
+            return outcome
+
+    async def _fly_attempts(self, flight: _Flight, call: _Call, after: asyncio.Task | None) -> _Outcome:
         """Attempts until success, a final error, or max_attempts; backs off without slots."""
         if after is not None:
             await asyncio.wait([after])  # an abandoned pull of the same image is still stopping
@@ -231,7 +244,8 @@ class Puller:
             log.warning("pull %s: attempt %d/%d failed: %s; retrying in %.2fs",
                         flight.image, n, s.max_attempts, error, delay)
             flight.broadcast(ImageEvent(flight.image, Kind.RETRYING, attempt=n, reason=str(error),
-                                        retry_in_seconds=delay))
+                                        retry_in_seconds=delay, error_class=errors.error_class(error)))
+            tracing.add_event("retry", attempt=n, reason=str(error), retry_in_seconds=delay)
             await self._sleep(delay)
 
     async def _attempt(self, flight: _Flight, call: _Call) -> tuple[float, errors.PinsvcError | None]:
@@ -245,23 +259,31 @@ class Puller:
             flight.queue_wait += waited
             flight.broadcast(ImageEvent(flight.image, Kind.PULLING, attempt=flight.attempts,
                                         queue_wait_seconds=waited))
-            started = loop.time()
-            bound = call.attempt_timeout if call.attempt_timeout > 0 else None
-            try:
-                async with asyncio.timeout(bound) as scope:
-                    await self._pull(flight.image)
-            except Exception as e:
-                if isinstance(e, TimeoutError) and scope.expired():
-                    error: errors.PinsvcError = errors.Timeout(
-                        f"pull {flight.image}: attempt timed out after {bound:g}s")
-                    error.__cause__ = e
-                else:
-                    error = _as_pinsvc_error(flight.image, e)
-                if isinstance(error, errors.NoSpaceLeft):  # before the slots free up for others
-                    for caller in list(flight.callers):
-                        caller.stop_for_disk_full(flight.image, error)
-                return 0.0, error
-            return loop.time() - started, None
+            with tracing.span("attempt", {"attempt": flight.attempts, "queue_wait_seconds": waited}):
+                duration, error = await self._attempt_in_slot(flight, call, loop)
+                if error is not None:
+                    tracing.set_error(error)
+                return duration, error
+
+    async def _attempt_in_slot(self, flight: _Flight, call: _Call, loop) -> tuple[float, errors.PinsvcError | None]:
+        """The attempt itself, slots held; the timeout starts now."""
+        started = loop.time()
+        bound = call.attempt_timeout if call.attempt_timeout > 0 else None
+        try:
+            async with asyncio.timeout(bound) as scope:
+                await self._pull(flight.image)
+        except Exception as e:
+            if isinstance(e, TimeoutError) and scope.expired():
+                error: errors.PinsvcError = errors.Timeout(
+                    f"pull {flight.image}: attempt timed out after {bound:g}s")
+                error.__cause__ = e
+            else:
+                error = _as_pinsvc_error(flight.image, e)
+            if isinstance(error, errors.NoSpaceLeft):  # before the slots free up for others
+                for caller in list(flight.callers):
+                    caller.stop_for_disk_full(flight.image, error)
+            return 0.0, error
+        return loop.time() - started, None
 
     def backoff(self, attempt: int) -> float:
         """Seconds to wait after failed attempt `attempt` (1-based): initial x factor^(n-1),
