@@ -30,6 +30,7 @@ class ServerSettings:
     socket_mode: str = _f("0600", "permissions of the unix socket (octal)")
     socket_group: str = _f("", "group owning the unix socket ('' = unchanged)")
     tcp: str = _f("", "also serve on this TCP address, e.g. 127.0.0.1:9440 ('' = no TCP)")
+    metrics: str = _f("", "serve Prometheus metrics over HTTP at /metrics on this address, e.g. 127.0.0.1:9441 ('' = off)")
 
 
 @dataclass(frozen=True)
@@ -238,6 +239,9 @@ def validate(s: Settings) -> None:
         int(s.server.socket_mode, 8)
     except ValueError:
         problems.append(f"server.socket_mode {s.server.socket_mode!r} is not octal")
+    port = s.server.metrics.rpartition(":")[2]
+    if s.server.metrics and (":" not in s.server.metrics or not port.isdigit() or int(port) > 65535):
+        problems.append(f"server.metrics {s.server.metrics!r} is not host:port, e.g. 127.0.0.1:9441")
     if "/" in s.dropin.filename or s.dropin.filename in ("", ".", ".."):
         problems.append(f"dropin.filename {s.dropin.filename!r} must be a plain file name")
     if problems:

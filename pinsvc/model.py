@@ -28,6 +28,8 @@ class ImageEvent:
     queue_wait_seconds: float = 0.0
     reason: str = ""
     retry_in_seconds: float = 0.0
+    # RETRYING/FAILED: errors.error_class of `reason` (bounded: for metrics labels).
+    error_class: str = ""
 
 
 class StageKind(enum.Enum):

@@ -143,7 +143,12 @@ def _bind_unix(server: grpc.aio.Server, path: Path, mode: int, group: str) -> No
 async def serve(settings: Settings, *, ready: Callable[[], None] | None = None,
                 stop: asyncio.Event | None = None) -> None:
     """Serves until `stop` is set (or forever), then shuts down gracefully."""
-    agent = Agent.from_settings(settings)
+    metrics = metrics_server = None
+    if settings.server.metrics:  # imported only when asked for: no prometheus_client otherwise
+        from pinsvc.metrics import Metrics, MetricsServer
+        metrics = Metrics()
+        metrics_server = MetricsServer(metrics, settings.server.metrics)
+    agent = Agent.from_settings(settings, metrics=metrics)
     server = grpc.aio.server(interceptors=tracing.server_interceptors(),
                              options=[("grpc.max_receive_message_length", 16 << 20)])
     pinsvc_pb2_grpc.add_PinServiceServicer_to_server(PinServicer(agent), server)
@@ -158,6 +163,9 @@ async def serve(settings: Settings, *, ready: Callable[[], None] | None = None,
         _bind_unix(server, sock, mode, settings.server.socket_group)
     if settings.server.tcp:
         server.add_insecure_port(settings.server.tcp)
+    if metrics_server:
+        metrics.observe_status(await agent.status())  # pins and generations from the start (restarts)
+        await metrics_server.start()
     await server.start()
     if str(sock) not in ("", "."):
         os.chmod(sock, mode)
@@ -177,4 +185,6 @@ async def serve(settings: Settings, *, ready: Callable[[], None] | None = None,
     finally:
         await health_servicer.enter_graceful_shutdown()
         await server.stop(grace=5)
+        if metrics_server:
+            await metrics_server.stop()
         await agent.close()

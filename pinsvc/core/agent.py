@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pinsvc import errors, tracing
 from pinsvc.adapters.cri import CriClient
@@ -30,6 +31,9 @@ from pinsvc.core.verify import VerifyReport, verify_pins
 from pinsvc.model import (ConditionStatus, ImageDetail, ImageEvent, ImageEventKind, NodeStatus,
                           PinnedImageSet, SetStatus, SpacePlan, StageEvent, StageKind)
 from pinsvc.refs import MAX_IMAGES_PER_SET, parse_reference, parse_references, reference_problem, set_name_problem
+
+if TYPE_CHECKING:  # imported only when metrics are on (prometheus_client)
+    from pinsvc.metrics import Metrics
 
 log = logging.getLogger("pinsvc.agent")
 
@@ -90,8 +94,10 @@ class ApplyOutcome:
 
 class Agent:
     def __init__(self, settings: Settings, *, cri: CriClient, registry: RegistryClient,
-                 secret: PullSecretFile, dropin: Dropin, reloader: Reloader, store: StateStore):
+                 secret: PullSecretFile, dropin: Dropin, reloader: Reloader, store: StateStore,
+                 metrics: Metrics | None = None):
         self.settings = settings
+        self.metrics = metrics  # None: metrics off
         self.cri = cri
         self.registry = registry
         self.secret = secret
@@ -107,7 +113,7 @@ class Agent:
         self._current: asyncio.Task | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "Agent":
+    def from_settings(cls, settings: Settings, *, metrics: Metrics | None = None) -> "Agent":
         secret = PullSecretFile(settings.registry.pull_secret)
         registry = RegistryClient(
             insecure_hosts=settings.registry.insecure, credentials=secret.lookup,
@@ -121,7 +127,8 @@ class Agent:
         socket = settings.cri_endpoint.removeprefix("unix://").removeprefix("unix:")
         return cls(settings, cri=CriClient(settings.cri_endpoint, timeout=settings.cri_timeout_seconds),
                    registry=registry, secret=secret, dropin=dropin,
-                   reloader=Reloader(settings.reload, cri_socket=socket), store=StateStore(settings.state_dir))
+                   reloader=Reloader(settings.reload, cri_socket=socket), store=StateStore(settings.state_dir),
+                   metrics=metrics)
 
     async def close(self) -> None:
         if self._current is not None and not self._current.done():
@@ -141,6 +148,7 @@ class Agent:
 
     async def pull_images(self, images: Sequence[str], *, emit: Emit, parallelism: int = 0,
                           attempt_timeout: float | None = None) -> dict:
+        emit = self.metrics.observer(emit) if self.metrics else emit
         refs = [str(r) for r in parse_references(list(images))]
         return await self.puller.pull_all(refs, on_event=emit, parallelism=parallelism,
                                           attempt_timeout=attempt_timeout)
@@ -171,6 +179,7 @@ class Agent:
                     attempt_timeout: float | None = None) -> ApplyOutcome:
         """Reaches the desired state. Raises only when nothing was touched (bad input, a stale
         generation); every later failure is recorded in the status and returned."""
+        emit = self.metrics.observer(emit) if self.metrics else emit
         sets = validate_sets(sets)
         self._check_generations(sets)
         previous, self._current = self._current, asyncio.current_task()
@@ -187,6 +196,8 @@ class Agent:
             except asyncio.CancelledError:
                 self.state.set_condition(PROGRESSING, "False", "Interrupted",
                                          "the last Apply was cancelled before it finished")
+                if self.metrics:
+                    self.metrics.observe_apply_cancelled()
                 await asyncio.shield(self._save())
                 raise
 
@@ -213,7 +224,10 @@ class Agent:
             tracing.set_error(run.error or errors.combined(list(run.failed.values())))
         await self._finish(run)
         failures = ([run.error] if run.error else []) + list(run.failed.values())
-        return ApplyOutcome(await self.status(), errors.combined(failures) if failures else None)
+        outcome = ApplyOutcome(await self.status(), errors.combined(failures) if failures else None)
+        if self.metrics:
+            self.metrics.observe_outcome(outcome)
+        return outcome
 
     async def _check_space(self, run: _Run, images: list[str], present: set[str], listed, emit: Emit) -> None:
         if not self.settings.space.enabled or all(i in present for i in images):
@@ -230,7 +244,7 @@ class Agent:
         for image, error in failed.items():
             run.failed[image] = error
             self._image(image).phase, self._image(image).last_error = "failed", str(error)
-            emit(ImageEvent(image, ImageEventKind.FAILED, reason=str(error)))
+            emit(ImageEvent(image, ImageEventKind.FAILED, reason=str(error), error_class=errors.error_class(error)))
         if not plan.fits:
             raise errors.InsufficientSpace(plan.verdict)
         run.plan = plan
