@@ -7,6 +7,7 @@ set -euo pipefail
 CACHE=${PINSVC_CACHE:-$HOME/.cache/pinsvc}
 CRIO_VERSION=${CRIO_VERSION:-v1.36.3}
 CRICTL_VERSION=${CRICTL_VERSION:-v1.37.0}
+JAEGER_VERSION=${JAEGER_VERSION:-v1.76.0}
 BIN=$CACHE/bin
 mkdir -p "$BIN"
 
@@ -26,12 +27,12 @@ fi
 # `go install pkg@version` is refused here: the proxy does not serve the module's version list,
 # which go install reads for deprecation notices. Downloading the exact module version and
 # building inside it (with its own go.mod/go.sum) needs only that version.
-go_build() { # module version package output [tags]
+go_build() { # module version package output [tags]; GO_BUILD_CGO=0 go_build ... builds without cgo
   local dir
   dir=$(go mod download -json "$1@$2" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
   [[ -n $dir ]] || { log "cannot download $1@$2"; exit 1; }
   log "building $3 from $1@$2 (CRI-O takes ~2 min on 2 cores with an empty build cache)"
-  GOFLAGS=-mod=mod CGO_ENABLED=1 go build -C "$dir" -trimpath -tags "${5:-}" -o "$4.part" "$3"
+  GOFLAGS=-mod=mod CGO_ENABLED=${GO_BUILD_CGO:-1} go build -C "$dir" -trimpath -tags "${5:-}" -o "$4.part" "$3"
   mv "$4.part" "$4"
 }
 
@@ -44,7 +45,13 @@ ln -sf "crio-$CRIO_VERSION" "$BIN/crio"
   "$BIN/crictl-$CRICTL_VERSION"
 ln -sf "crictl-$CRICTL_VERSION" "$BIN/crictl"
 
+# Jaeger v2 (traces in tests). The Go module ships no UI assets: the binary serves a
+# placeholder page at /, the query API works. Build ~5 min on 2 cores with an empty cache.
+[[ -x $BIN/jaeger-$JAEGER_VERSION ]] || GO_BUILD_CGO=0 go_build github.com/jaegertracing/jaeger \
+  "$JAEGER_VERSION" ./cmd/jaeger "$BIN/jaeger-$JAEGER_VERSION"
+ln -sf "jaeger-$JAEGER_VERSION" "$BIN/jaeger"
+
 # pinns must exist for CRI-O to start; it is never run for image work.
 [[ -x $BIN/pinns ]] || { printf '#!/bin/sh\nexit 1\n' > "$BIN/pinns"; chmod +x "$BIN/pinns"; }
 
-log "peers ready in $BIN: $("$BIN/crio" --version 2>/dev/null | head -1), $("$BIN/crictl" --version)"
+log "peers ready in $BIN: $("$BIN/crio" --version 2>/dev/null | head -1), $("$BIN/crictl" --version), jaeger-$JAEGER_VERSION"
