@@ -369,7 +369,13 @@ class Agent:
             record = old.get(s.name) or SetState(s.name, s.generation)
             record.desired_generation, record.images = s.generation, list(s.images)
             self.state.sets[s.name] = record
-        self.state.images = {i: self.state.images.get(i) or ImageState() for i in union(sets)}
+        self._keep_images()
+
+    def _keep_images(self) -> None:
+        """Image records of the desired sets and of each set's last good generation (still
+        pinned while a newer generation is not through); the others are dropped."""
+        keep = [i for s in self.state.sets.values() for i in (*s.images, *s.current_images)]
+        self.state.images = {i: self.state.images.get(i) or ImageState() for i in dict.fromkeys(keep)}
 
     def _image(self, image: str) -> ImageState:
         return self.state.images.setdefault(image, ImageState())
@@ -399,6 +405,7 @@ class Agent:
         else:
             self.state.set_condition(DEGRADED, "False", "AsExpected", "All is good")
         self.state.set_condition(PROGRESSING, "False", "AsExpected", "All pinned image sets complete")
+        self._keep_images()
         await self._save()
 
     async def _save(self) -> None:
