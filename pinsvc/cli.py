@@ -42,7 +42,7 @@ def _agent(args: argparse.Namespace) -> int:
     endpoint = "" if settings.otlp_endpoint == "none" else settings.otlp_endpoint
     if settings.otlp_endpoint == "none":
         os.environ["OTEL_SDK_DISABLED"] = "true"
-    with tracing.configured("pinsvc-agent", endpoint):
+    with tracing.configured("pinsvc-agent", endpoint, {"host.name": settings.node_name}):
         try:
             asyncio.run(main())
         except errors.PinsvcError as e:

@@ -49,12 +49,38 @@ def setup(service_name: str, *, endpoint: str = "", attributes: Mapping[str, str
     if not os.environ.get("OTEL_SERVICE_NAME"):
         resource = resource.merge(Resource({SERVICE_NAME: service_name}))
     _provider = TracerProvider(resource=resource)  # sampler: OTEL_TRACES_SAMPLER, default parent-based
+    _use_level1_trace_context()
     insecure = endpoint.startswith("http://") or not endpoint.startswith("https://")
     _provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, insecure=insecure)))
     trace.set_tracer_provider(_provider)
     _tracer = trace.get_tracer("pinsvc")
     log.info("tracing on: OTLP/gRPC to %s as %s", endpoint, resource.attributes.get(SERVICE_NAME))
     return True
+
+
+def _use_level1_trace_context() -> None:
+    """Send `traceparent` with only the `sampled` flag. OpenTelemetry Python sets the W3C
+    level-2 `random-trace-id` bit (flags 03), and OpenTelemetry Go, which CRI-O uses, rejects
+    a version-00 traceparent with flags above 02: CRI-O's spans would start traces of their
+    own instead of joining ours (seen with CRI-O 1.36.3)."""
+    from opentelemetry import propagate, trace
+    from opentelemetry.baggage.propagation import W3CBaggagePropagator
+    from opentelemetry.propagators.composite import CompositePropagator
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    class Level1TraceContext(TraceContextTextMapPropagator):
+        def inject(self, carrier, context=None, setter=None, **kwargs):
+            sc = trace.get_current_span(context).get_span_context()
+            if sc.is_valid and sc.trace_flags & ~trace.TraceFlags.SAMPLED:
+                masked = trace.SpanContext(sc.trace_id, sc.span_id, sc.is_remote,
+                                           trace.TraceFlags(sc.trace_flags & trace.TraceFlags.SAMPLED),
+                                           sc.trace_state)
+                context = trace.set_span_in_context(trace.NonRecordingSpan(masked), context)
+            if setter is None:
+                return super().inject(carrier, context, **kwargs)
+            return super().inject(carrier, context, setter, **kwargs)
+
+    propagate.set_global_textmap(CompositePropagator([Level1TraceContext(), W3CBaggagePropagator()]))
 
 
 def shutdown() -> None:
@@ -137,8 +163,8 @@ def _clean(attributes: Mapping[str, Any] | None) -> dict[str, Any] | None:
 
 
 @contextlib.contextmanager
-def configured(service_name: str, endpoint: str = "") -> Iterator[bool]:
-    on = setup(service_name, endpoint=endpoint)
+def configured(service_name: str, endpoint: str = "", attributes: Mapping[str, str] | None = None) -> Iterator[bool]:
+    on = setup(service_name, endpoint=endpoint, attributes=attributes)
     try:
         yield on
     finally:
