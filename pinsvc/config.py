@@ -146,9 +146,8 @@ def _convert(value: Any, kind: type, name: str) -> Any:
                 return False
             raise ValueError(value)
         if typing.get_origin(kind) is tuple:
-            if isinstance(value, (list, tuple)):
-                return tuple(str(v) for v in value)
-            return tuple(v.strip() for v in str(value).split(",") if v.strip())
+            items = value if isinstance(value, (list, tuple)) else [value]
+            return tuple(v.strip() for item in items for v in str(item).split(",") if v.strip())
         if kind is int and isinstance(value, str):
             return int(value, 0)
         return kind(value)

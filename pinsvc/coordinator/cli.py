@@ -32,7 +32,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from pinsvc import errors, tracing
 from pinsvc.client import PinClient, SetSpec, to_dict
 from pinsvc.coordinator import objects, report, selection
-from pinsvc.coordinator.rollout import (APPLYING, DEFAULT_PORT, FAILED, UNAVAILABLE, UPDATED, NodeRecord,
+from pinsvc.coordinator.rollout import (APPLYING, DEFAULT_PORT, FAILED, UNAVAILABLE, UPDATED, WARNING, NodeRecord,
                                         Options, Record, Rollout, plan_rollout, rollout_id, status_doc)
 from pinsvc.progress import ApplyProgress
 
@@ -116,7 +116,7 @@ def _summary(rollout: Rollout, plans) -> str:
     for plan in plans:
         records = [rollout.record.node(t) for t in plan.targets]
         to_pull = sum(r.required_bytes for r in records)
-        failing = [r for r in records if r.state in (FAILED, UNAVAILABLE, "Skipped")]
+        failing = [r for r in records if r.state in (FAILED, UNAVAILABLE, WARNING, "Skipped")]
         lines.append(f"pool {plan.name}: {len(records)} nodes, {len(records) - len(failing)} ready, "
                      f"{to_pull / 2**30:.2f} GiB to pull (after decompression), max {plan.max_parallel} at once"
                      + (" (paused)" if plan.paused else ""))
@@ -134,7 +134,7 @@ async def _plan(args) -> int:
             for p in plans]}, args.output))
     else:
         print(_summary(rollout, plans))
-    return 1 if any(r.state in (FAILED, UNAVAILABLE) for r in rollout.record.nodes.values()) else 0
+    return 1 if any(r.state in (FAILED, UNAVAILABLE, WARNING) for r in rollout.record.nodes.values()) else 0
 
 
 async def _rollout(args) -> int:

@@ -41,7 +41,7 @@ SAVE_INTERVAL_SECONDS = 1.0
 # Node outcomes.
 PENDING, SKIPPED, UPDATED, FAILED, UNAVAILABLE, NOT_STARTED, PAUSED = (
     "Pending", "Skipped", "Updated", "Failed", "Unavailable", "NotStarted", "Paused")
-APPLYING, CHECKED = "Applying", "Checked"
+APPLYING, CHECKED, WARNING = "Applying", "Checked", "Warning"
 DEGRADED = "PinnedImageSetsDegraded"
 
 
@@ -226,8 +226,13 @@ class Rollout:
             async with self._gate:
                 plan = await self._call(target, lambda c: c.check_space(target.images), record)
         except grpc.aio.AioRpcError as e:
-            record.fits = False
-            record.state = UNAVAILABLE if _unavailable(e) else FAILED
+            if _unavailable(e) or e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                record.fits = False
+                record.state = UNAVAILABLE if _unavailable(e) else FAILED
+            else:
+                # Some images cannot be sized (e.g. not in the registry): the sets holding them
+                # will fail on the node, the others can still be pinned, so the node goes on.
+                record.fits, record.state = None, WARNING
             record.reason = f"pre-flight: {e.code().name}: {e.details()}"
         else:
             record.required_bytes, record.free_bytes, record.fits = plan.required_bytes, plan.free_bytes, plan.fits

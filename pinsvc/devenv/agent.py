@@ -50,7 +50,10 @@ class AgentProcess:
     def command(self) -> list[str]:
         args = [sys.executable, "-m", "pinsvc", "agent"]
         for key, value in self.flags.items():
-            args += [f"--{key}", value]
+            if isinstance(value, bool):  # --flag / --no-flag
+                args.append(f"--{key}" if value else f"--no-{key}")
+            else:
+                args += [f"--{key}", str(value)]
         return args
 
     def start(self, timeout: float = 15) -> None:

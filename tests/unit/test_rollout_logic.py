@@ -48,6 +48,8 @@ class _Client:
 
     async def check_space(self, images):
         self._answer()
+        if self.agents.script.get(self.node) == "unsizable":
+            raise grpc.aio.AioRpcError(grpc.StatusCode.NOT_FOUND, None, None, "manifest unknown")
         return pb.SpacePlan(fits=True, verdict="fits")
 
     async def apply(self, specs, parallelism=0):
@@ -137,3 +139,8 @@ async def test_a_node_past_its_deadline_fails(deadline):
     rollout = Rollout([pool("w", ["a"])], Options(node_deadline_seconds=deadline), connect=agents)
     await rollout.run()
     assert rollout.record.nodes["a"].state == FAILED and "deadline" in rollout.record.nodes["a"].reason
+
+
+async def test_a_node_whose_images_cannot_all_be_sized_is_still_applied():
+    rollout, agents = await run([pool("w", ["a"])], {"a": "unsizable"})
+    assert agents.applied == ["a"] and states(rollout)["a"] == UPDATED
