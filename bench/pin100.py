@@ -528,6 +528,14 @@ async def run_bench(args: argparse.Namespace, root: Path, resources: dict) -> di
     await asyncio.to_thread(crio.start)
     say(f"CRI-O {crio.binary} ({crio.storage_driver}) ready in {crio.start_seconds:.2f}s, pid {crio.pid}")
 
+    if args.tracing:
+        from pinsvc.devenv.jaeger import Jaeger
+        jaeger = Jaeger(root / "jaeger")
+        resources["jaeger"] = jaeger
+        await asyncio.to_thread(jaeger.start)
+        args.traced_flags = {**args.agent_flags, "otlp-endpoint": jaeger.otlp_endpoint}
+        say(f"Jaeger at {jaeger.query_url}; e2e runs twice per round, without and with tracing")
+
     node = Node(crio, registry, refs)
     await node.open()
     try:
@@ -549,7 +557,7 @@ async def _measure(args: argparse.Namespace, root: Path, resources: dict, node: 
 
     rounds: list[dict[str, Result]] = []
     for r in range(args.rounds):
-        order = ["sequential", "parallel", "e2e"]
+        order = ["sequential", "parallel", "e2e"] + (["e2e_traced"] if args.tracing else [])
         if r % 2:
             order.reverse()
         results: dict[str, Result] = {}
@@ -559,12 +567,16 @@ async def _measure(args: argparse.Namespace, root: Path, resources: dict, node: 
                 results[phase] = await phase_sequential(node)
             elif phase == "parallel":
                 results[phase] = await phase_parallel(node, P)
+            elif phase == "e2e_traced":
+                results["e2e_traced"], results["noop_traced"] = await phase_e2e(
+                    node, root / f"agent-t{r + 1}", P, resources, args.traced_flags, None)
             else:
                 results["e2e"], results["noop"] = await phase_e2e(
                     node, root / f"agent-r{r + 1}", P, resources, args.agent_flags,
                     Path(f"{args.agent_profile}.r{r + 1}").resolve() if args.agent_profile else None)
             res = results[phase]
-            say(f"  {phase}: {res.seconds:.3f}s" + (f"; no-op {results['noop'].seconds:.3f}s" if phase == "e2e" else ""))
+            noop = {"e2e": "noop", "e2e_traced": "noop_traced"}.get(phase)
+            say(f"  {phase}: {res.seconds:.3f}s" + (f"; no-op {results[noop].seconds:.3f}s" if noop else ""))
             await node.reset()
         rounds.append(results)
 
@@ -576,6 +588,11 @@ async def _measure(args: argparse.Namespace, root: Path, resources: dict, node: 
     }
     per_round_ratio = [rd["e2e"].seconds / rd["parallel"].seconds for rd in rounds]
     ratios["median_of_per_round_e2e_over_parallel"] = median(per_round_ratio)
+    if args.tracing:
+        med["e2e_traced"] = median([rd["e2e_traced"].seconds for rd in rounds])
+        ratios["e2e_traced_over_e2e"] = med["e2e_traced"] / med["e2e"]
+        ratios["median_of_per_round_traced_over_untraced"] = median(
+            [rd["e2e_traced"].seconds / rd["e2e"].seconds for rd in rounds])
     return {
         "config": {"images": args.images, "parallelism": P, "rounds": args.rounds,
                    "warmup": args.warmup, "storage_driver": crio.storage_driver,
@@ -634,6 +651,11 @@ def render(report: dict) -> str:
         f"  no-op re-run               {m['noop']:6.3f}s   target <= {t['noop_seconds_max']:.2f}s   {ok(t['noop_ok'])}",
         "",
     ]
+    if "e2e_traced_over_e2e" in ra:
+        lines[-1:-1] = [
+            f"  e2e traced / untraced      {ra['e2e_traced_over_e2e']:6.3f}x   target <= 1.03x  "
+            f"{ok(ra['e2e_traced_over_e2e'] <= 1.03)}   (traced {m['e2e_traced']:.3f}s; median of per-round "
+            f"ratios {ra['median_of_per_round_traced_over_untraced']:.3f})"]
     for phase in ("e2e", "noop"):
         last = report["rounds"][-1][phase] if n == 1 else None
         runs = [rd[phase] for rd in report["rounds"]]
@@ -677,6 +699,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--agent-flag", action="append", default=[], metavar="NAME[=VALUE]",
                         help="extra `pinsvc agent` flag for experiments, e.g. no-space-enabled or "
                              "registry-max-concurrency=4 (repeatable)")
+    parser.add_argument("--tracing", action="store_true",
+                        help="also run the e2e phase with tracing on (a real Jaeger on loopback) and "
+                             "report traced / untraced")
     parser.add_argument("--agent-profile", metavar="PREFIX",
                         help="run the agent under cProfile (main thread; inflates its times) and write "
                              "PREFIX.rN per round (pstats format; covers e2e and no-op)")
@@ -719,6 +744,8 @@ def main(argv: list[str] | None = None) -> int:
             resources["crio"].stop()
         if "registry" in resources:
             resources["registry"].stop()
+        if "jaeger" in resources:
+            resources["jaeger"].stop()
         if args.keep:
             say(f"kept {root}")
         else:
