@@ -17,9 +17,7 @@ import asyncio
 import hashlib
 import json
 import logging
-import os
 import random
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -29,6 +27,7 @@ import grpc
 
 from pinsvc import errors, tracing
 from pinsvc.client import PinClient, SetSpec
+from pinsvc.files import write_atomic
 from pinsvc.coordinator import selection
 from pinsvc.coordinator.objects import Cluster, PinnedImageSet
 from pinsvc.gen.pinsvc.v1 import pinsvc_pb2 as pb
@@ -160,16 +159,7 @@ class Record:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         data = json.dumps({"nodes": [vars(n) for n in self.nodes.values()]}).encode()
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".rollout-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(self.path, data)
 
 
 def is_current(status: pb.NodeStatus, target: Target) -> bool:
