@@ -28,8 +28,12 @@ def _f(default: Any, help: str) -> Any:
 class ServerSettings:
     socket: Path = _f(Path("/run/pinsvc/pinsvc.sock"), "unix socket to serve on ('' = none)")
     socket_mode: str = _f("0600", "permissions of the unix socket (octal)")
-    socket_group: str = _f("", "group owning the unix socket ('' = unchanged)")
-    tcp: str = _f("", "also serve on this TCP address, e.g. 127.0.0.1:9440 ('' = no TCP)")
+    socket_group: str = _f("", "group (name or gid) owning the unix socket ('' = unchanged)")
+    tcp: str = _f("", "also serve on this TCP address, e.g. 127.0.0.1:9440 ('' = no TCP); needs the tls_* settings (mTLS) unless insecure")
+    tls_cert: str = _f("", "PEM certificate (chain) the TCP listener presents ('' = none)")
+    tls_key: str = _f("", "PEM private key of tls_cert ('' = none)")
+    tls_client_ca: str = _f("", "PEM CA certificate(s) a client certificate must be signed by; clients without one are refused ('' = none)")
+    insecure: bool = _f(False, "serve TCP in plaintext without client authentication (tests and labs only)")
     metrics: str = _f("", "serve Prometheus metrics over HTTP at /metrics on this address, e.g. 127.0.0.1:9441 ('' = off)")
 
 
@@ -238,6 +242,20 @@ def validate(s: Settings) -> None:
         int(s.server.socket_mode, 8)
     except ValueError:
         problems.append(f"server.socket_mode {s.server.socket_mode!r} is not octal")
+    tls = {"server.tls_cert": s.server.tls_cert, "server.tls_key": s.server.tls_key,
+           "server.tls_client_ca": s.server.tls_client_ca}
+    given = [name for name, value in tls.items() if value]
+    missing = [name for name in tls if name not in given]
+    if s.server.insecure and given:
+        problems.append(f"server.insecure (--server-insecure) contradicts {', '.join(given)}: "
+                        "serve TCP with mutual TLS or in plaintext, not both")
+    elif missing and not s.server.insecure and (s.server.tcp or given):
+        flags = " ".join("--" + name.replace(".", "-").replace("_", "-") + " FILE" for name in missing)
+        problems.append(
+            (f"server.tcp {s.server.tcp!r} requires mutual TLS" if s.server.tcp else "mutual TLS is incomplete")
+            + f": missing {', '.join(missing)} ({flags})"
+            + ("; or --server-insecure (server.insecure) for plaintext TCP without client authentication"
+               if s.server.tcp else ""))
     port = s.server.metrics.rpartition(":")[2]
     if s.server.metrics and (":" not in s.server.metrics or not port.isdigit() or int(port) > 65535):
         problems.append(f"server.metrics {s.server.metrics!r} is not host:port, e.g. 127.0.0.1:9441")
