@@ -140,9 +140,46 @@ def _bind_unix(server: grpc.aio.Server, path: Path, mode: int, group: str) -> No
         os.umask(old)
 
 
+def _socket_gid(group: str) -> int:
+    """The gid of server.socket_group (a name or a number); -1 = leave the group alone."""
+    if not group:
+        return -1
+    if group.isdigit():
+        return int(group)
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise errors.InvalidArgument(f"server.socket_group {group!r}: no such group") from None
+
+
+def _read_pem(setting: str, path: str) -> bytes:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise errors.InvalidArgument(f"{setting} {path}: cannot read: {e.strerror or e}") from e
+    if b"-----BEGIN " not in data:
+        raise errors.InvalidArgument(f"{setting} {path}: not a PEM file")
+    return data
+
+
+def tls_server_credentials(settings: Settings) -> grpc.ServerCredentials:
+    """mTLS for the TCP listener, from files read once (at start): the agent presents
+    tls_cert, and a client must present a certificate that chains to tls_client_ca."""
+    s = settings.server
+    key = _read_pem("server.tls_key", s.tls_key)
+    cert = _read_pem("server.tls_cert", s.tls_cert)
+    ca = _read_pem("server.tls_client_ca", s.tls_client_ca)
+    return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=True)
+
+
 async def serve(settings: Settings, *, ready: Callable[[], None] | None = None,
                 stop: asyncio.Event | None = None) -> None:
     """Serves until `stop` is set (or forever), then shuts down gracefully."""
+    # checked before anything is opened: a bad group or TLS file names itself and stops the start
+    socket_gid = _socket_gid(settings.server.socket_group)
+    tcp_credentials = None
+    if settings.server.tcp and not settings.server.insecure:
+        tcp_credentials = tls_server_credentials(settings)
     metrics = metrics_server = None
     if settings.server.metrics:  # imported only when asked for: no prometheus_client otherwise
         from pinsvc.metrics import Metrics, MetricsServer
@@ -161,7 +198,11 @@ async def serve(settings: Settings, *, ready: Callable[[], None] | None = None,
     mode = int(settings.server.socket_mode, 8)
     if str(sock) not in ("", "."):
         _bind_unix(server, sock, mode, settings.server.socket_group)
-    if settings.server.tcp:
+    if tcp_credentials is not None:
+        server.add_secure_port(settings.server.tcp, tcp_credentials)
+    elif settings.server.tcp:
+        log.warning("serving plaintext TCP on %s without TLS or client authentication (--server-insecure): "
+                    "anyone who can reach it can change this node's pinned images", settings.server.tcp)
         server.add_insecure_port(settings.server.tcp)
     if metrics_server:
         metrics.observe_status(await agent.status())  # pins and generations from the start (restarts)
@@ -169,12 +210,13 @@ async def serve(settings: Settings, *, ready: Callable[[], None] | None = None,
     await server.start()
     if str(sock) not in ("", "."):
         os.chmod(sock, mode)
-        if settings.server.socket_group:
-            os.chown(sock, -1, grp.getgrnam(settings.server.socket_group).gr_gid)
+        if socket_gid >= 0:
+            os.chown(sock, -1, socket_gid)
     for name in ("", SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    tcp = settings.server.tcp and f"{settings.server.tcp} ({'mTLS' if tcp_credentials else 'plaintext'})"
     log.info("pinsvc agent serving on %s", ", ".join(filter(None, [
-        f"unix:{sock}" if str(sock) not in ("", ".") else "", settings.server.tcp])))
+        f"unix:{sock}" if str(sock) not in ("", ".") else "", tcp])))
     if ready:
         ready()
     try:
