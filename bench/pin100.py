@@ -36,7 +36,6 @@ import platform
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,13 +44,13 @@ from pathlib import Path
 
 import grpc
 import psutil
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from pinsvc.client import PinClient, SetSpec  # noqa: E402
+from pinsvc.devenv.agent import AgentProcess  # noqa: E402
 from pinsvc.devenv.crio import Crio  # noqa: E402
 from pinsvc.devenv.images import bench_workload, push_many  # noqa: E402
 from pinsvc.devenv.registry import Registry  # noqa: E402
@@ -187,90 +186,25 @@ class Node:
 # ---- the agent ---------------------------------------------------------------------------
 
 
-class AgentProc:
-    """`pinsvc agent` as a subprocess, with the command line of AgentProcess in
-    tests/e2e/conftest.py (same flags and values), started in its own session so that a
-    Ctrl-C reaches only the benchmark, which then stops it."""
+class AgentProc(AgentProcess):
+    """The agent as the e2e tests run it (pinsvc.devenv.agent), named bench-node, with the
+    node-wide pull cap raised when the benchmark asks for more parallelism."""
 
     def __init__(self, workdir: Path, crio: Crio, registry: Registry, parallelism: int,
                  extra_flags: dict[str, str | None] | None = None):
-        self.workdir = workdir
-        self.socket = workdir / "agent.sock"
-        self.log_path = workdir / "agent.log"
-        self.flags = {
-            "node-name": "bench-node",
-            "cri-endpoint": crio.endpoint,
-            "server-socket": str(self.socket),
-            "state-dir": str(workdir / "state"),
-            "dropin-directory": str(crio.dropin_dir),
-            "dropin-crio-binary": str(crio.binary),
-            "dropin-crio-config": str(crio.config_path),
-            "reload-strategy": "signal",
-            "reload-pidfile": str(crio.pidfile),
-            "registry-insecure": registry.host,
-            "registry-pull-secret": str(workdir / "config.json"),
-            "pull-backoff-initial-seconds": "0.2",
-            "pull-backoff-max-seconds": "0.5",
-            "pull-max-attempts": "3",
-            "verify-timeout-seconds": "5",
-        }
+        flags: dict[str, str | None] = {"node-name": "bench-node"}
         if parallelism > 10:  # the agent's default node-wide cap
-            self.flags["pull-max-parallelism"] = str(parallelism)
-        self.flags.update(extra_flags or {})
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def endpoint(self) -> str:
-        return f"unix://{self.socket}"
-
-    profile: Path | None = None  # cProfile output of the agent process (main thread only)
-
-    def command(self) -> list[str]:
-        args = [sys.executable]
-        if self.profile is not None:
-            args += ["-m", "cProfile", "-o", str(self.profile)]
-        args += ["-m", "pinsvc", "agent"]
-        for key, value in self.flags.items():
-            args += [f"--{key}"] if value is None else [f"--{key}", value]
-        return args
+            flags["pull-max-parallelism"] = str(parallelism)
+        super().__init__(workdir, crio, registry, **flags, **(extra_flags or {}))
 
     def start(self, timeout: float = 15) -> float:
-        t0 = time.monotonic()
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, cwd=REPO, start_new_session=True)
-        deadline = t0 + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise BenchError(f"agent exited with {self.proc.returncode}:\n{self.log_tail()}")
-            if self.socket.exists() and self._healthy():
-                return time.monotonic() - t0
-            time.sleep(0.05)
-        raise BenchError(f"agent not healthy after {timeout}s:\n{self.log_tail()}")
-
-    def _healthy(self) -> bool:
-        with grpc.insecure_channel(f"unix:{self.socket}") as channel:
-            try:
-                resp = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
-            except grpc.RpcError:
-                return False
-            return resp.status == health_pb2.HealthCheckResponse.SERVING
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        try:
+            return super().start(timeout)
+        except RuntimeError as e:
+            raise BenchError(str(e)) from e
 
     def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return ""
+        return "\n".join(self.log().splitlines()[-lines:])
 
 
 # ---- phases ------------------------------------------------------------------------------

@@ -17,9 +17,13 @@ from pinsvc.devenv.registry import Registry
 
 
 class AgentProcess:
-    """`pinsvc agent` as a subprocess against the session's CRI-O."""
+    """`pinsvc agent` as a subprocess against a devenv CRI-O, in its own session (a Ctrl-C
+    reaches only the caller, which stops it). Flag values: a string, True/False for
+    `--flag`/`--no-flag`, or None for a bare `--flag`."""
 
-    def __init__(self, workdir: Path, crio: Crio, registry: Registry, **overrides: str):
+    profile: Path | None = None  # run under cProfile, writing here (main thread only)
+
+    def __init__(self, workdir: Path, crio: Crio, registry: Registry, **overrides: str | bool | None):
         self.workdir = workdir
         self.socket = workdir / "agent.sock"
         self.log_path = workdir / "agent.log"
@@ -48,24 +52,32 @@ class AgentProcess:
         return f"unix://{self.socket}"
 
     def command(self) -> list[str]:
-        args = [sys.executable, "-m", "pinsvc", "agent"]
+        args = [sys.executable]
+        if self.profile is not None:
+            args += ["-m", "cProfile", "-o", str(self.profile)]
+        args += ["-m", "pinsvc", "agent"]
         for key, value in self.flags.items():
-            if isinstance(value, bool):  # --flag / --no-flag
+            if isinstance(value, bool):
                 args.append(f"--{key}" if value else f"--no-{key}")
+            elif value is None:
+                args.append(f"--{key}")
             else:
                 args += [f"--{key}", str(value)]
         return args
 
-    def start(self, timeout: float = 15) -> None:
+    def start(self, timeout: float = 15) -> float:
+        """Starts the agent and waits until it serves; returns the seconds that took."""
+        t0 = time.monotonic()
         self.workdir.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
+        deadline = t0 + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"agent exited with {self.proc.returncode}:\n{self.log()}")
             if self.socket.exists() and self._healthy():
-                return
+                return time.monotonic() - t0
             time.sleep(0.05)
         raise RuntimeError(f"agent did not become healthy in {timeout}s:\n{self.log()}")
 
