@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from google.protobuf import json_format
 
 from pinsvc import tracing
+from pinsvc.errors import InvalidArgument
 from pinsvc.gen.pinsvc.v1 import pinsvc_pb2 as pb
 from pinsvc.gen.pinsvc.v1 import pinsvc_pb2_grpc
 
@@ -30,12 +33,77 @@ class SetSpec:
 NODE_METADATA = "x-pinsvc-node"
 
 
+def _read_pem(what: str, path: str) -> bytes:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise InvalidArgument(f"{what} {path}: cannot read: {e.strerror or e}") from e
+    if b"-----BEGIN " not in data:
+        raise InvalidArgument(f"{what} {path}: not a PEM file")
+    return data
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """The client side of the agent's mTLS: PEM files of the client certificate (chain), its
+    private key, and the CA the agent's certificate must chain to. `server_name` (optional)
+    is the name checked in the agent's certificate instead of the endpoint's host, for
+    agents reached by IP whose certificate names the node."""
+
+    cert: str
+    key: str
+    ca: str
+    server_name: str = ""
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        """Reads the files (an unreadable one raises InvalidArgument naming it)."""
+        return grpc.ssl_channel_credentials(root_certificates=_read_pem("TLS CA", self.ca),
+                                            private_key=_read_pem("TLS key", self.key),
+                                            certificate_chain=_read_pem("TLS certificate", self.cert))
+
+    def options(self) -> list[tuple[str, str]]:
+        return [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
+
+
+def add_tls_arguments(parser: argparse.ArgumentParser) -> None:
+    """--tls-cert/--tls-key/--tls-ca [--tls-server-name], for connections to agents over TCP."""
+    group = parser.add_argument_group("mutual TLS to agents over TCP (unix sockets never use TLS)")
+    group.add_argument("--tls-cert", default="", help="client certificate (PEM) presented to the agents")
+    group.add_argument("--tls-key", default="", help="private key (PEM) of --tls-cert")
+    group.add_argument("--tls-ca", default="", help="CA certificate(s) (PEM) the agents' certificates must chain to")
+    group.add_argument("--tls-server-name", default="",
+                       help="name expected in the agent's certificate instead of the endpoint's host")
+
+
+def tls_from_args(args: argparse.Namespace) -> TlsFiles | None:
+    """TlsFiles from the --tls-* flags, None when none is given; InvalidArgument naming the
+    missing flags when only some are. The files are read once here, so a bad one fails
+    before any agent is contacted."""
+    given = {"--tls-cert": args.tls_cert, "--tls-key": args.tls_key, "--tls-ca": args.tls_ca}
+    if not any(given.values()):
+        if args.tls_server_name:
+            raise InvalidArgument("--tls-server-name needs --tls-cert, --tls-key and --tls-ca")
+        return None
+    missing = [flag for flag, value in given.items() if not value]
+    if missing:
+        raise InvalidArgument(f"mutual TLS needs --tls-cert, --tls-key and --tls-ca: missing {', '.join(missing)}")
+    tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_ca, args.tls_server_name)
+    tls.credentials()
+    return tls
+
+
 class PinClient:
     """`node` (optional) is sent as `x-pinsvc-node` metadata on every call, so an agent's
-    logs (and simulated agents) know which node the caller means."""
+    logs (and simulated agents) know which node the caller means. With `tls`, a TCP
+    endpoint is reached over mutual TLS; unix socket endpoints never use TLS."""
 
-    def __init__(self, endpoint: str, node: str = ""):
-        self.channel = grpc.aio.insecure_channel(channel_target(endpoint), interceptors=tracing.client_interceptors())
+    def __init__(self, endpoint: str, node: str = "", *, tls: TlsFiles | None = None):
+        target = channel_target(endpoint)
+        if tls is None or target.startswith("unix"):
+            self.channel = grpc.aio.insecure_channel(target, interceptors=tracing.client_interceptors())
+        else:
+            self.channel = grpc.aio.secure_channel(target, tls.credentials(), options=tls.options(),
+                                                   interceptors=tracing.client_interceptors())
         self.stub = pinsvc_pb2_grpc.PinServiceStub(self.channel)
         self.metadata = ((NODE_METADATA, node),) if node else None
 
