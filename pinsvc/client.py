@@ -65,13 +65,16 @@ class TlsFiles:
         return [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
 
 
-def add_tls_arguments(parser: argparse.ArgumentParser) -> None:
-    """--tls-cert/--tls-key/--tls-ca [--tls-server-name], for connections to agents over TCP."""
+def add_tls_arguments(parser: argparse.ArgumentParser, *, subcommand: bool = False) -> None:
+    """--tls-cert/--tls-key/--tls-ca [--tls-server-name], for connections to agents over TCP.
+    Added to a program's parser and again (`subcommand=True`: no defaults, so they do not
+    hide the program's) to its subcommands, the flags work before and after the command."""
+    default = argparse.SUPPRESS if subcommand else ""
     group = parser.add_argument_group("mutual TLS to agents over TCP (unix sockets never use TLS)")
-    group.add_argument("--tls-cert", default="", help="client certificate (PEM) presented to the agents")
-    group.add_argument("--tls-key", default="", help="private key (PEM) of --tls-cert")
-    group.add_argument("--tls-ca", default="", help="CA certificate(s) (PEM) the agents' certificates must chain to")
-    group.add_argument("--tls-server-name", default="",
+    group.add_argument("--tls-cert", default=default, help="client certificate (PEM) presented to the agents")
+    group.add_argument("--tls-key", default=default, help="private key (PEM) of --tls-cert")
+    group.add_argument("--tls-ca", default=default, help="CA certificate(s) (PEM) the agents' certificates must chain to")
+    group.add_argument("--tls-server-name", default=default,
                        help="name expected in the agent's certificate instead of the endpoint's host")
 
 
