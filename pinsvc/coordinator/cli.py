@@ -12,13 +12,16 @@ Examples:
 cluster.yaml holds PinnedImageSet, MachineConfigPool and Node objects as `oc get -o yaml`
 prints them (several files, `-` for stdin, multi-document streams and `kind: List` all work).
 The agent of a node is found through --endpoints (a YAML map node -> endpoint), the node's
-`pinsvc.io/agent-endpoint` annotation, or its InternalIP and --port.
+`pinsvc.io/agent-endpoint` annotation, or its InternalIP and --port. Agents on TCP require
+mutual TLS: give --tls-cert, --tls-key and --tls-ca (and --tls-server-name when the agents'
+certificates do not name the address you reach them by).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -30,7 +33,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from pinsvc import errors, tracing
-from pinsvc.client import PinClient, SetSpec, to_dict
+from pinsvc.client import PinClient, SetSpec, add_tls_arguments, tls_from_args, to_dict
 from pinsvc.coordinator import objects, report, selection
 from pinsvc.coordinator.rollout import (APPLYING, DEFAULT_PORT, FAILED, UNAVAILABLE, UPDATED, WARNING, NodeRecord,
                                         Options, Record, Rollout, plan_rollout, rollout_id, status_doc)
@@ -98,6 +101,11 @@ def _options(args) -> Options:
                    parallelism=getattr(args, "parallelism", 0))
 
 
+def _connect(args):
+    """(endpoint, node) -> PinClient, with the --tls-* files (read once, here) for TCP agents."""
+    return functools.partial(PinClient, tls=tls_from_args(args))
+
+
 def _record_path(args, plans) -> Path:
     base = Path(args.record_dir or os.environ.get("PINCTL_RECORD_DIR") or Path.home() / ".local/state/pinctl")
     return base / f"rollout-{rollout_id(plans)}.json"
@@ -126,7 +134,7 @@ def _summary(rollout: Rollout, plans) -> str:
 
 async def _plan(args) -> int:
     _, plans = _load(args)
-    rollout = Rollout(plans, _options(args))
+    rollout = Rollout(plans, _options(args), connect=_connect(args))
     await rollout.preflight()
     if args.output:
         print(report.render({"pools": [{"name": p.name, "nodes": [
@@ -140,7 +148,7 @@ async def _plan(args) -> int:
 async def _rollout(args) -> int:
     _, plans = _load(args)
     path = _record_path(args, plans)
-    rollout = Rollout(plans, _options(args), record=Record(path))
+    rollout = Rollout(plans, _options(args), record=Record(path), connect=_connect(args))
     console = Console(stderr=True)
     with RolloutProgress(console, plans) as progress:
         rollout.progress = progress
@@ -158,7 +166,7 @@ async def _rollout(args) -> int:
 
 async def _status(args) -> int:
     _, plans = _load(args)
-    rollout = Rollout(plans, _options(args))
+    rollout = Rollout(plans, _options(args), connect=_connect(args))
     await rollout.read_status()
     doc, bad = _documents(rollout, plans)
     print(report.render(doc, args.output or "yaml"))
@@ -166,7 +174,7 @@ async def _status(args) -> int:
 
 
 async def _node(args) -> int:
-    async with PinClient(args.endpoint) as client:
+    async with PinClient(args.endpoint, tls=tls_from_args(args)) as client:
         if args.node_command == "status":
             print(report.render({"status": status_doc(await client.status())}, args.output or "yaml"))
         elif args.node_command == "check-space":
@@ -188,6 +196,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="warning")
     p.add_argument("--otlp-endpoint", default="",
                    help="OTLP/gRPC endpoint for traces, e.g. http://127.0.0.1:4317 (default: OTEL_EXPORTER_OTLP_ENDPOINT; unset = off)")
+    add_tls_arguments(p)
     sub = p.add_subparsers(dest="command", required=True)
 
     def cluster_args(sp):
@@ -196,6 +205,7 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--port", type=int, default=DEFAULT_PORT, help="agent port on a node's InternalIP")
         sp.add_argument("--concurrency", type=int, default=100, help="agent calls in flight")
         sp.add_argument("-o", "--output", choices=("yaml", "json"), help="machine-readable output")
+        add_tls_arguments(sp, subcommand=True)
 
     plan = sub.add_parser("plan", help="pre-flight only: space on every target node, per pool")
     cluster_args(plan)
@@ -217,6 +227,7 @@ def parser() -> argparse.ArgumentParser:
         n = node_sub.add_parser(name)
         n.add_argument("--endpoint", required=True, help="unix:///path or host:port")
         n.add_argument("-o", "--output", choices=("yaml", "json"))
+        add_tls_arguments(n, subcommand=True)
         if name == "apply":
             n.add_argument("-f", "--file", action="append", required=True, help="PinnedImageSet objects")
         if name == "check-space":
