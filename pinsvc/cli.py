@@ -59,11 +59,11 @@ def _load_sets(path: str):
 
 
 def _client_command(args: argparse.Namespace) -> int:
-    from pinsvc.client import PinClient, to_dict
+    from pinsvc.client import PinClient, tls_from_args, to_dict
     from pinsvc.progress import ApplyProgress
 
     async def main() -> int:
-        async with PinClient(args.endpoint) as client:
+        async with PinClient(args.endpoint, tls=tls_from_args(args)) as client:
             if args.command == "status":
                 print(json.dumps(to_dict(await client.status()), indent=2))
             elif args.command == "check-space":
@@ -82,9 +82,13 @@ def _client_command(args: argparse.Namespace) -> int:
     except grpc.aio.AioRpcError as e:
         print(f"pinsvc: {e.code().name}: {e.details()}", file=sys.stderr)
         return 1
+    except errors.InvalidArgument as e:
+        print(f"pinsvc: {e}", file=sys.stderr)
+        return 2
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pinsvc.client import add_tls_arguments
     parser = argparse.ArgumentParser(prog="pinsvc", description="Pre-pull and pin container images through the CRI.")
     sub = parser.add_subparsers(dest="command", required=True)
     agent = sub.add_parser("agent", help="run the node agent")
@@ -93,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                        ("check-space", "size images against the node's free space")):
         p = sub.add_parser(name, help=help)
         p.add_argument("--endpoint", default=DEFAULT_ENDPOINT, help="agent endpoint (unix:///path or host:port)")
+        add_tls_arguments(p)
         if name == "apply":
             p.add_argument("sets", help='JSON file ("-" = stdin): [{"name", "generation", "images": [...]}]')
             p.add_argument("--parallelism", type=int, default=0, help="pulls in flight (0 = agent default)")
