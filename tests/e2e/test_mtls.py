@@ -1,0 +1,290 @@
+"""The agent's TCP listener requires mutual TLS; the unix socket is private (mode, group).
+
+Certificates are made here with `cryptography`: a CA, a server certificate for
+127.0.0.1/localhost, a good client certificate, one signed by another CA, an expired one,
+and a server certificate that names only the node (reached by IP with --tls-server-name).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import grp
+import ipaddress
+import socket
+import stat
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from pinsvc.client import PinClient, SetSpec, TlsFiles
+from pinsvc.gen.pinsvc.v1 import pinsvc_pb2 as pb
+from pinsvc.gen.pinsvc.v1 import pinsvc_pb2_grpc
+
+NOW = datetime.datetime.now(datetime.timezone.utc)
+DAY = datetime.timedelta(days=1)
+
+
+# ---- a small PKI --------------------------------------------------------------------------
+
+@dataclass
+class Issued:
+    cert: Path
+    key: Path
+    certificate: x509.Certificate
+    private_key: ec.EllipticCurvePrivateKey
+
+
+def _issue(out: Path, name: str, *, issuer: Issued | None = None, ca: bool = False, server: bool = False,
+           dns: tuple[str, ...] = (), ips: tuple[str, ...] = (),
+           not_before: datetime.datetime = NOW - DAY, not_after: datetime.datetime = NOW + 30 * DAY) -> Issued:
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    builder = (x509.CertificateBuilder()
+               .subject_name(subject)
+               .issuer_name(issuer.certificate.subject if issuer else subject)
+               .public_key(key.public_key())
+               .serial_number(x509.random_serial_number())
+               .not_valid_before(not_before)
+               .not_valid_after(not_after)
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+               .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False))
+    if ca:
+        builder = builder.add_extension(x509.KeyUsage(
+            digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
+            key_encipherment=False, data_encipherment=False, key_agreement=False, encipher_only=False,
+            decipher_only=False), critical=True)
+    else:
+        builder = builder.add_extension(x509.ExtendedKeyUsage(
+            [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+    if issuer:
+        builder = builder.add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+            issuer.private_key.public_key()), critical=False)
+    if dns or ips:
+        builder = builder.add_extension(x509.SubjectAlternativeName(
+            [x509.DNSName(d) for d in dns] + [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]), critical=False)
+    certificate = builder.sign(issuer.private_key if issuer else key, hashes.SHA256())
+    out.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = out / f"{name}.crt", out / f"{name}.key"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    key_path.chmod(0o600)
+    return Issued(cert_path, key_path, certificate, key)
+
+
+@dataclass
+class Pki:
+    ca: Issued
+    server: Issued          # 127.0.0.1 and localhost
+    node_server: Issued     # only the node's name, node-a.pinsvc.test
+    client: Issued
+    other_ca_client: Issued
+    expired_client: Issued
+
+    def server_flags(self, server: Issued | None = None) -> dict[str, str]:
+        server = server or self.server
+        return {"server-tls-cert": str(server.cert), "server-tls-key": str(server.key),
+                "server-tls-client-ca": str(self.ca.cert)}
+
+    def tls(self, client: Issued | None = None, server_name: str = "") -> TlsFiles:
+        client = client or self.client
+        return TlsFiles(str(client.cert), str(client.key), str(self.ca.cert), server_name)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> Pki:
+    out = tmp_path_factory.mktemp("pki")
+    ca = _issue(out, "pinsvc-ca", ca=True)
+    other_ca = _issue(out / "other", "other-ca", ca=True)
+    return Pki(
+        ca=ca,
+        server=_issue(out, "agent", issuer=ca, server=True, dns=("localhost",), ips=("127.0.0.1",)),
+        node_server=_issue(out, "node-a", issuer=ca, server=True, dns=("node-a.pinsvc.test",)),
+        client=_issue(out, "pinctl", issuer=ca),
+        other_ca_client=_issue(out / "other", "pinctl", issuer=other_ca),
+        expired_client=_issue(out, "pinctl-expired", issuer=ca, not_before=NOW - 30 * DAY, not_after=NOW - DAY),
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tcp_agent(agent_factory, pki: Pki, **flags):
+    port = free_port()
+    agent = agent_factory(**{"server-tcp": f"127.0.0.1:{port}", **pki.server_flags(), **flags})
+    return agent, f"127.0.0.1:{port}"
+
+
+async def status_with(channel: grpc.aio.Channel) -> pb.NodeStatus:
+    async with channel:
+        return await pinsvc_pb2_grpc.PinServiceStub(channel).GetStatus(pb.GetStatusRequest(), timeout=10)
+
+
+# ---- the agent's TCP listener ---------------------------------------------------------------
+
+async def test_tcp_serves_only_clients_with_a_certificate_of_the_ca(agent_factory, node, workload, pki):
+    agent, endpoint = tcp_agent(agent_factory, pki)
+    assert f"{endpoint} (mTLS)" in agent.log()
+    ca = pki.ca.cert.read_bytes()
+
+    refused = {
+        "plaintext": grpc.aio.insecure_channel(endpoint),
+        "TLS without a client certificate": grpc.aio.secure_channel(
+            endpoint, grpc.ssl_channel_credentials(root_certificates=ca)),
+    }
+    for what, channel in refused.items():
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await status_with(channel)
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE, what
+    for what, client in (("signed by another CA", pki.other_ca_client), ("expired", pki.expired_client)):
+        async with PinClient(endpoint, tls=pki.tls(client)) as c:
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await asyncio.wait_for(c.status(), 10)
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE, what
+
+    image = workload["app-a"]
+    async with PinClient(endpoint, tls=pki.tls()) as c:
+        assert (await c.status()).node == "e2e-node"
+        events = [event async for event in c.apply([SetSpec("over-mtls", 1, (image,))])]
+    assert events[-1].status.pinned_image_sets[0].current_generation == 1
+    assert image in node.pinned_images()
+
+
+async def test_the_agent_names_the_server_certificate_it_expects_by_node_name(agent_factory, pki):
+    agent, endpoint = tcp_agent(agent_factory, pki, **pki.server_flags(pki.node_server))
+    async with PinClient(endpoint, tls=pki.tls()) as c:  # the certificate does not name 127.0.0.1
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await asyncio.wait_for(c.status(), 10)
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    async with PinClient(endpoint, tls=pki.tls(server_name="node-a.pinsvc.test")) as c:
+        assert (await c.status()).node == "e2e-node"
+
+
+async def test_tcp_without_tls_files_is_refused_unless_insecure(agent_factory, pki):
+    port = free_port()
+    with pytest.raises(RuntimeError) as e:
+        agent_factory(**{"server-tcp": f"127.0.0.1:{port}"})
+    message = str(e.value)
+    assert "exited with 2" in message
+    assert "requires mutual TLS: missing server.tls_cert, server.tls_key, server.tls_client_ca" in message
+    assert "--server-insecure" in message
+
+    with pytest.raises(RuntimeError) as e:  # an incomplete set names what is missing
+        agent_factory(**{"server-tcp": f"127.0.0.1:{port}", "server-tls-cert": str(pki.server.cert),
+                         "server-tls-key": str(pki.server.key)})
+    assert "missing server.tls_client_ca (--server-tls-client-ca FILE)" in str(e.value)
+
+    missing = pki.ca.cert.parent / "nowhere.pem"
+    with pytest.raises(RuntimeError) as e:  # an unreadable file is named, and nothing serves
+        agent_factory(**{"server-tcp": f"127.0.0.1:{port}", **pki.server_flags(), "server-tls-client-ca": str(missing)})
+    assert "exited with 1" in str(e.value) and f"server.tls_client_ca {missing}: cannot read" in str(e.value)
+
+    agent = agent_factory(**{"server-tcp": f"127.0.0.1:{port}", "server-insecure": True})
+    warnings = [line for line in agent.log().splitlines() if " WARNING " in line]
+    assert any(f"serving plaintext TCP on 127.0.0.1:{port}" in line for line in warnings), agent.log()
+
+    async with PinClient(f"127.0.0.1:{port}") as c:
+        assert (await c.status()).node == "e2e-node"
+
+
+# ---- pinctl and pinsvc over mTLS --------------------------------------------------------------
+
+def run(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *argv], capture_output=True, text=True, timeout=120)
+
+
+def tls_flags(pki: Pki, client=None) -> list[str]:
+    tls = pki.tls(client)
+    return ["--tls-cert", tls.cert, "--tls-key", tls.key, "--tls-ca", tls.ca]
+
+
+def test_pinctl_and_pinsvc_reach_an_agent_over_mtls(agent_factory, pki):
+    agent, endpoint = tcp_agent(agent_factory, pki)
+    ok = run("pinsvc.coordinator.cli", "node", "status", "--endpoint", endpoint, *tls_flags(pki))
+    assert ok.returncode == 0, ok.stderr
+    assert yaml.safe_load(ok.stdout)["status"]
+
+    bare = run("pinsvc.coordinator.cli", "node", "status", "--endpoint", endpoint)
+    assert bare.returncode == 1 and "UNAVAILABLE" in bare.stderr
+    expired = run("pinsvc.coordinator.cli", "node", "status", "--endpoint", endpoint,
+                  *tls_flags(pki, pki.expired_client))
+    assert expired.returncode == 1 and "UNAVAILABLE" in expired.stderr
+    partial = run("pinsvc.coordinator.cli", "node", "status", "--endpoint", endpoint, "--tls-cert", str(pki.client.cert))
+    assert partial.returncode == 2 and "missing --tls-key, --tls-ca" in partial.stderr
+
+    # global flags before the command work too; and `pinsvc status`
+    before = run("pinsvc.coordinator.cli", *tls_flags(pki), "node", "status", "--endpoint", endpoint)
+    assert before.returncode == 0, before.stderr
+    direct = run("pinsvc", "status", "--endpoint", endpoint, *tls_flags(pki))
+    assert direct.returncode == 0 and '"node": "e2e-node"' in direct.stdout, direct.stderr
+    assert run("pinsvc", "status", "--endpoint", endpoint).returncode == 1
+
+
+def test_pinctl_rollout_over_mtls(agent_factory, node, workload, pki, tmp_path):
+    agent, endpoint = tcp_agent(agent_factory, pki)
+    port = endpoint.rpartition(":")[2]
+    image = workload["oci"]
+    role = {"machineconfiguration.openshift.io/role": "worker"}
+    cluster = tmp_path / "cluster.yaml"
+    cluster.write_text(yaml.safe_dump_all([
+        {"apiVersion": "machineconfiguration.openshift.io/v1", "kind": "PinnedImageSet",
+         "metadata": {"name": "worker-set", "labels": role, "generation": 1},
+         "spec": {"pinnedImages": [{"name": image}]}},
+        {"apiVersion": "machineconfiguration.openshift.io/v1", "kind": "MachineConfigPool",
+         "metadata": {"name": "worker"},
+         "spec": {"machineConfigSelector": {"matchLabels": role},
+                  "nodeSelector": {"matchLabels": {"node-role.kubernetes.io/worker": ""}}, "maxUnavailable": 1}},
+        {"apiVersion": "v1", "kind": "Node",
+         "metadata": {"name": "e2e-node", "labels": {"node-role.kubernetes.io/worker": ""}},
+         "status": {"addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
+                    "conditions": [{"type": "Ready", "status": "True"}]}},
+    ]))
+    common = ["-f", str(cluster), "--port", port, "-o", "json"]
+    refused = run("pinsvc.coordinator.cli", "rollout", *common, "--retries", "1",
+                  "--record-dir", str(tmp_path / "refused"))
+    assert refused.returncode == 1 and image not in node.pinned_images()
+
+    done = run("pinsvc.coordinator.cli", "rollout", *common, *tls_flags(pki), "--record-dir", str(tmp_path / "ok"))
+    assert done.returncode == 0, done.stderr
+    assert image in node.pinned_images()
+    status = run("pinsvc.coordinator.cli", "status", *common, *tls_flags(pki))
+    assert status.returncode == 0, status.stderr
+
+
+# ---- the unix socket --------------------------------------------------------------------------
+
+def _some_group() -> grp.struct_group:
+    for name in ("nogroup", "daemon", "nobody"):
+        try:
+            return grp.getgrnam(name)
+        except KeyError:
+            continue
+    pytest.skip("no nogroup/daemon/nobody group on this host")
+
+
+def test_unix_socket_mode_and_group(agent_factory, pki):
+    group = _some_group()
+    agent = agent_factory(**{"server-socket-group": group.gr_name, "server-socket-mode": "0660"})
+    st = agent.socket.stat()
+    assert (st.st_gid, stat.S_IMODE(st.st_mode), st.st_uid) == (group.gr_gid, 0o660, 0)
+
+    by_gid = agent_factory(**{"server-socket-group": str(group.gr_gid)})
+    st = by_gid.socket.stat()
+    assert (st.st_gid, stat.S_IMODE(st.st_mode)) == (group.gr_gid, 0o600)
+
+    with pytest.raises(RuntimeError) as e:
+        agent_factory(**{"server-socket-group": "no-such-group-pinsvc"})
+    assert "server.socket_group 'no-such-group-pinsvc': no such group" in str(e.value)
