@@ -79,6 +79,7 @@ class ReloadSettings:
 class VerifySettings:
     timeout_seconds: float = _f(30.0, "how long to wait for the runtime to report the pins")
     poll_interval_seconds: float = _f(0.5, "longest pause between two reads of the runtime's images (the first are 10 ms apart)")
+    drift_interval_seconds: float = _f(300.0, "how often to check that the last verified pins still hold (images removed, drop-in edited) and repair them (0 = never)")
 
 
 @dataclass(frozen=True)
@@ -232,6 +233,8 @@ def validate(s: Settings) -> None:
         problems.append("pull.parallelism and pull.max_parallelism must be >= 1")
     if s.pull.max_attempts < 1:
         problems.append(f"pull.max_attempts {s.pull.max_attempts} must be >= 1")
+    if not s.verify.drift_interval_seconds >= 0:
+        problems.append(f"verify.drift_interval_seconds {s.verify.drift_interval_seconds} must be >= 0 (0 = off)")
     if s.space.decompression_factor <= 0:
         problems.append(f"space.decompression_factor {s.space.decompression_factor} must be > 0")
     if not 0 < s.space.max_usage_percent <= 100:

@@ -150,6 +150,10 @@ class Metrics:
         self.set_last_success = Gauge(
             "pinsvc_set_last_success_timestamp_seconds", "Unix time of the last Apply that left each "
             "set at its desired generation", ["set"], registry=r)
+        self.drift_repairs = Counter(
+            "pinsvc_drift_repairs", "Drift found by the periodic check, by kind (image_removed, "
+            "image_unpinned, dropin_changed, dropin_removed) and result (repaired, failed)",
+            ["kind", "result"], registry=r)
 
     # ---- events ------------------------------------------------------------------------------
 
@@ -253,6 +257,10 @@ class Metrics:
     def observe_apply_cancelled(self) -> None:
         """Counts an Apply cancelled before its end (superseded, or its client went away)."""
         self.applies.labels("cancelled").inc()
+
+    def observe_drift_repair(self, kind: str, repaired: bool) -> None:
+        """Counts one drift finding of a periodic check and whether it was repaired."""
+        self.drift_repairs.labels(kind, "repaired" if repaired else "failed").inc()
 
     def observe_status(self, status: NodeStatus) -> None:
         """Sets the gauges that follow the node status (pins, set generations)."""

@@ -148,12 +148,23 @@ class ImageDetail:
 
 
 @dataclass(frozen=True)
+class DriftRepairStatus:
+    kind: str  # image_removed, image_unpinned, dropin_changed, dropin_removed
+    target: str
+    time: str
+    repaired: bool
+    error: str
+    count: int
+
+
+@dataclass(frozen=True)
 class NodeStatus:
     node: str
     sets: tuple[SetStatus, ...]
     conditions: tuple[ConditionStatus, ...]
     images: tuple[ImageDetail, ...]
     dropin_path: str
+    drift_repairs: tuple[DriftRepairStatus, ...] = ()
 
     def condition(self, type: str) -> ConditionStatus | None:
         return next((c for c in self.conditions if c.type == type), None)

@@ -50,11 +50,25 @@ class Condition:
 
 
 @dataclass
+class DriftRepair:
+    """A difference between the node and its last verified pins that a drift check found,
+    and how its repair went (see core/drift.py)."""
+
+    kind: str     # image_removed, image_unpinned, dropin_changed, dropin_removed
+    target: str   # the image, or the drop-in path
+    time: str     # of the last check that found it
+    repaired: bool
+    error: str = ""
+    count: int = 1  # consecutive checks that found it and failed the same way
+
+
+@dataclass
 class State:
     sets: dict[str, SetState] = field(default_factory=dict)
     images: dict[str, ImageState] = field(default_factory=dict)
     conditions: dict[str, Condition] = field(default_factory=dict)
     pinned: list[str] = field(default_factory=list)  # what the drop-in pins now
+    repairs: list[DriftRepair] = field(default_factory=list)  # most recent last
 
     def set_condition(self, type: str, status: str, reason: str, message: str) -> None:
         old = self.conditions.get(type)
@@ -89,6 +103,7 @@ class StateStore:
             images={k: ImageState(**v) for k, v in doc.get("images", {}).items()},
             conditions={k: Condition(**v) for k, v in doc.get("conditions", {}).items()},
             pinned=list(doc.get("pinned", [])),
+            repairs=[DriftRepair(**r) for r in doc.get("repairs", [])],
         )
 
     def save(self, state: State) -> None:

@@ -183,18 +183,48 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class NodeStatus(_message.Message):
-    __slots__ = ("node", "pinned_image_sets", "conditions", "images", "dropin_path")
+    __slots__ = ("node", "pinned_image_sets", "conditions", "images", "dropin_path", "drift_repairs")
     NODE_FIELD_NUMBER: _ClassVar[int]
     PINNED_IMAGE_SETS_FIELD_NUMBER: _ClassVar[int]
     CONDITIONS_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     DROPIN_PATH_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_REPAIRS_FIELD_NUMBER: _ClassVar[int]
     node: str
     pinned_image_sets: _containers.RepeatedCompositeFieldContainer[PinnedImageSetStatus]
     conditions: _containers.RepeatedCompositeFieldContainer[Condition]
     images: _containers.RepeatedCompositeFieldContainer[ImageDetail]
     dropin_path: str
-    def __init__(self, node: _Optional[str] = ..., pinned_image_sets: _Optional[_Iterable[_Union[PinnedImageSetStatus, _Mapping]]] = ..., conditions: _Optional[_Iterable[_Union[Condition, _Mapping]]] = ..., images: _Optional[_Iterable[_Union[ImageDetail, _Mapping]]] = ..., dropin_path: _Optional[str] = ...) -> None: ...
+    drift_repairs: _containers.RepeatedCompositeFieldContainer[DriftRepair]
+    def __init__(self, node: _Optional[str] = ..., pinned_image_sets: _Optional[_Iterable[_Union[PinnedImageSetStatus, _Mapping]]] = ..., conditions: _Optional[_Iterable[_Union[Condition, _Mapping]]] = ..., images: _Optional[_Iterable[_Union[ImageDetail, _Mapping]]] = ..., dropin_path: _Optional[str] = ..., drift_repairs: _Optional[_Iterable[_Union[DriftRepair, _Mapping]]] = ...) -> None: ...
+
+class DriftRepair(_message.Message):
+    __slots__ = ("kind", "target", "time", "repaired", "error", "count")
+    class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        KIND_UNSPECIFIED: _ClassVar[DriftRepair.Kind]
+        IMAGE_REMOVED: _ClassVar[DriftRepair.Kind]
+        IMAGE_UNPINNED: _ClassVar[DriftRepair.Kind]
+        DROPIN_CHANGED: _ClassVar[DriftRepair.Kind]
+        DROPIN_REMOVED: _ClassVar[DriftRepair.Kind]
+    KIND_UNSPECIFIED: DriftRepair.Kind
+    IMAGE_REMOVED: DriftRepair.Kind
+    IMAGE_UNPINNED: DriftRepair.Kind
+    DROPIN_CHANGED: DriftRepair.Kind
+    DROPIN_REMOVED: DriftRepair.Kind
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    REPAIRED_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    kind: DriftRepair.Kind
+    target: str
+    time: str
+    repaired: bool
+    error: str
+    count: int
+    def __init__(self, kind: _Optional[_Union[DriftRepair.Kind, str]] = ..., target: _Optional[str] = ..., time: _Optional[str] = ..., repaired: _Optional[bool] = ..., error: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
 
 class PinnedImageSetStatus(_message.Message):
     __slots__ = ("name", "desired_generation", "current_generation", "last_failed_generation", "last_failed_generation_error")
