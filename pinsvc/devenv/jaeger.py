@@ -38,6 +38,7 @@ from types import TracebackType
 from typing import Any
 
 import httpx
+import psutil
 
 from pinsvc.devenv.paths import bin_path
 
@@ -292,6 +293,9 @@ class Jaeger:
             )
         return response.json()
 
+    def _listens_on(self, port: int) -> bool:
+        return self._process is not None and port in _listening_ports(self._process.pid)
+
     def _wait_ready(self) -> None:
         assert self._process is not None and self._client is not None
         deadline = time.monotonic() + START_TIMEOUT
@@ -307,7 +311,8 @@ class Jaeger:
             except httpx.TransportError as e:
                 last = repr(e)
             else:
-                if status == 200:
+                # Answered by *this* process, not by another Jaeger already on the port.
+                if status == 200 and self._listens_on(self._ports["query_http"]):
                     return
                 last = f"HTTP {status}"
             time.sleep(0.05)
@@ -315,6 +320,14 @@ class Jaeger:
             f"jaeger query API at {self.query_url} not ready after {START_TIMEOUT:g} s ({last}); "
             f"log {self.log_path}:\n{self.log_tail()}"
         )
+
+
+def _listening_ports(pid: int) -> set[int]:
+    try:
+        return {c.laddr.port for c in psutil.Process(pid).net_connections(kind="tcp")
+                if c.status == psutil.CONN_LISTEN}
+    except psutil.Error:
+        return set()
 
 
 def render_config(
