@@ -22,14 +22,18 @@ class PinsvcError(Exception):
 
 
 class InvalidArgument(PinsvcError):
-    """Bad input; nothing was touched. `problems` lists every bad value."""
+    """Bad input; nothing was touched. `problems` lists every bad value; the message names
+    the first MAX_SHOWN and counts the others."""
 
     code = grpc.StatusCode.INVALID_ARGUMENT
     error_class = "invalid_argument"
+    MAX_SHOWN = 50
 
     def __init__(self, problems: list[str] | str):
         self.problems = [problems] if isinstance(problems, str) else list(problems)
-        super().__init__("; ".join(self.problems))
+        shown = self.problems[:self.MAX_SHOWN]
+        more = len(self.problems) - len(shown)
+        super().__init__("; ".join(shown) + (f"; ... and {more} more problems" if more else ""))
 
 
 class InsufficientSpace(PinsvcError):

@@ -11,21 +11,20 @@ import re
 from dataclasses import dataclass
 
 from pinsvc.errors import InvalidArgument
-
-MAX_REFERENCE_LENGTH = 447
-MAX_IMAGES_PER_SET = 500
-MAX_SET_NAME_LENGTH = 253
+from pinsvc.limits import (MAX_IMAGES_PER_REQUEST, MAX_IMAGES_PER_SET, MAX_REFERENCE_LENGTH,  # noqa: F401
+                           MAX_SET_NAME_LENGTH, count_problem)
 
 _DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
 _HOST = rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[0-9a-fA-F:]+\])(?::[0-9]{{1,5}})?"
 _PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+# Used with fullmatch: a `$` would also match before a trailing newline.
 _REFERENCE = re.compile(
-    rf"^(?P<host>{_HOST})/(?P<path>{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*)"
+    rf"(?P<host>{_HOST})/(?P<path>{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*)"
     rf"(?::(?P<tag>[\w][\w.-]{{0,127}}))?"
-    rf"(?:@(?P<algorithm>[A-Za-z][A-Za-z0-9]*(?:[+._-][A-Za-z][A-Za-z0-9]*)*):(?P<hex>[0-9a-zA-Z=_-]+))?$"
+    rf"(?:@(?P<algorithm>[A-Za-z][A-Za-z0-9]*(?:[+._-][A-Za-z][A-Za-z0-9]*)*):(?P<hex>[0-9a-zA-Z=_-]+))?"
 )
-_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
-_SET_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*$")
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_SET_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*")
 
 
 @dataclass(frozen=True, order=True)
@@ -46,17 +45,18 @@ class ImageRef:
 
 def reference_problem(text: str) -> str | None:
     """Why `text` is not an acceptable digest reference, or None when it is."""
-    shown = _shorten(text)
+    shown = shorten(text)
     if not text:
         return "empty image reference"
     if len(text) > MAX_REFERENCE_LENGTH:
         return f"image reference {shown} is {len(text)} characters long (at most {MAX_REFERENCE_LENGTH})"
     if text != text.strip() or any(c.isspace() or not c.isprintable() for c in text):
         return f"image reference {shown} contains whitespace or control characters"
-    match = _REFERENCE.match(text)
+    match = _REFERENCE.fullmatch(text)
     if match is None:
         if "/" not in text.split("@")[0]:
-            return f"image reference {shown} is not fully qualified: it needs a registry host, e.g. quay.io/{text}"
+            example = text if len(text) <= 80 else text[:80] + "..."
+            return f"image reference {shown} is not fully qualified: it needs a registry host, e.g. quay.io/{example}"
         return f"image reference {shown} is malformed (want host[:port]/path@sha256:<64 hex>)"
     host = match["host"]
     if "." not in host and ":" not in host and host != "localhost":
@@ -70,7 +70,7 @@ def reference_problem(text: str) -> str | None:
         return f"image reference {shown} has both a tag and a digest: give the digest alone"
     if match["algorithm"] != "sha256":
         return f"image reference {shown} uses digest algorithm {match['algorithm']!r}: only sha256 is accepted"
-    if not _SHA256_HEX.match(match["hex"]):
+    if not _SHA256_HEX.fullmatch(match["hex"]):
         return f"image reference {shown} has a malformed sha256 digest (want 64 lowercase hex characters)"
     return None
 
@@ -90,16 +90,20 @@ def set_name_problem(name: str) -> str | None:
     if not name:
         return "empty set name"
     if len(name) > MAX_SET_NAME_LENGTH:
-        return f"set name {_shorten(name)} is {len(name)} characters long (at most {MAX_SET_NAME_LENGTH})"
-    if not _SET_NAME.match(name):
-        return (f"set name {_shorten(name)} is not an RFC 1123 subdomain (lowercase letters, "
+        return f"set name {shorten(name)} is {len(name)} characters long (at most {MAX_SET_NAME_LENGTH})"
+    if not _SET_NAME.fullmatch(name):
+        return (f"set name {shorten(name)} is not an RFC 1123 subdomain (lowercase letters, "
                 f"digits, '-' and '.', starting and ending with a letter or digit)")
     return None
 
 
 def parse_references(texts: list[str], *, where: str = "") -> list[ImageRef]:
     """Validates every reference, collapsing duplicates (first occurrence wins the order).
-    Raises one InvalidArgument naming every bad value."""
+    Raises one InvalidArgument naming every bad value, or only the count when there are
+    more than MAX_IMAGES_PER_REQUEST."""
+    too_many = count_problem(len(texts), MAX_IMAGES_PER_REQUEST, "image references in the request")
+    if too_many:
+        raise InvalidArgument(where + too_many)
     problems: list[str] = []
     refs: dict[str, ImageRef] = {}
     for text in texts:
@@ -113,6 +117,7 @@ def parse_references(texts: list[str], *, where: str = "") -> list[ImageRef]:
     return list(refs.values())
 
 
-def _shorten(text: str, limit: int = 120) -> str:
+def shorten(text: str, limit: int = 120) -> str:
+    """`text` quoted (repr) and cut to `limit` characters, for error messages."""
     shown = repr(text)
     return shown if len(shown) <= limit else shown[: limit - 4] + "...'"

@@ -5,15 +5,23 @@ from __future__ import annotations
 
 import time
 
+from pinsvc import limits
+from pinsvc.errors import InvalidArgument
 from pinsvc.gen.pinsvc.v1 import pinsvc_pb2 as pb
 from pinsvc.model import (ImageEvent, NodeStatus, PinnedImageSet, SpacePlan, StageEvent)
 
 _PHASES = {"pending": pb.IMAGE_PHASE_PENDING, "pulling": pb.IMAGE_PHASE_PULLING,
            "present": pb.IMAGE_PHASE_PRESENT, "pinned": pb.IMAGE_PHASE_PINNED,
            "failed": pb.IMAGE_PHASE_FAILED}
+_DRIFT_KINDS = {"image_removed": pb.DriftRepair.IMAGE_REMOVED, "image_unpinned": pb.DriftRepair.IMAGE_UNPINNED,
+                "dropin_changed": pb.DriftRepair.DROPIN_CHANGED, "dropin_removed": pb.DriftRepair.DROPIN_REMOVED}
 
 
 def sets_from_pb(request: pb.ApplyRequest) -> list[PinnedImageSet]:
+    """Raises InvalidArgument over MAX_SETS_PER_REQUEST before converting anything (a 4 MiB
+    message holds 2 million empty sets)."""
+    if too_many := limits.count_problem(len(request.sets), limits.MAX_SETS_PER_REQUEST, "sets in the request"):
+        raise InvalidArgument(too_many)
     return [PinnedImageSet(s.name, s.generation, tuple(s.images)) for s in request.sets]
 
 
@@ -64,6 +72,9 @@ def status_pb(s: NodeStatus) -> pb.NodeStatus:
                                  last_transition_time=c.last_transition_time) for c in s.conditions],
         images=[pb.ImageDetail(image=i.image, phase=_PHASES.get(i.phase, pb.IMAGE_PHASE_UNSPECIFIED),
                                attempts=i.attempts, bytes=i.bytes, last_error=i.last_error,
-                               pinned=i.pinned, present=i.present, sets=list(i.sets)) for i in s.images])
+                               pinned=i.pinned, present=i.present, sets=list(i.sets)) for i in s.images],
+        drift_repairs=[pb.DriftRepair(kind=_DRIFT_KINDS.get(r.kind, pb.DriftRepair.KIND_UNSPECIFIED),
+                                      target=r.target, time=r.time, repaired=r.repaired, error=r.error,
+                                      count=r.count) for r in s.drift_repairs])
 
 

