@@ -60,16 +60,18 @@ def reference_problem(text: str) -> str | None:
         return f"image reference {shown} is malformed (want host[:port]/path@sha256:<64 hex>)"
     host = match["host"]
     if "." not in host and ":" not in host and host != "localhost":
-        return (f"image reference {shown} is not fully qualified: {host!r} is not a registry "
+        return (f"image reference {shown} is not fully qualified: {shorten(host, 60)} is not a registry "
                 f"host (it needs a dot, a port or 'localhost')")
     if match["algorithm"] is None:
         if match["tag"] is not None:
-            return f"image reference {shown} uses tag {match['tag']!r}: only digest references (@sha256:...) can be pinned"
+            return (f"image reference {shown} uses tag {shorten(match['tag'], 60)}: "
+                    f"only digest references (@sha256:...) can be pinned")
         return f"image reference {shown} has no digest: only digest references (@sha256:...) can be pinned"
     if match["tag"] is not None:
         return f"image reference {shown} has both a tag and a digest: give the digest alone"
     if match["algorithm"] != "sha256":
-        return f"image reference {shown} uses digest algorithm {match['algorithm']!r}: only sha256 is accepted"
+        return (f"image reference {shown} uses digest algorithm {shorten(match['algorithm'], 60)}: "
+                f"only sha256 is accepted")
     if not _SHA256_HEX.fullmatch(match["hex"]):
         return f"image reference {shown} has a malformed sha256 digest (want 64 lowercase hex characters)"
     return None
