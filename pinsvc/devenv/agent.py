@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from pinsvc.client import PinClient
 from pinsvc.devenv.crio import Crio
+from pinsvc.devenv.process import terminate
 from pinsvc.devenv.registry import Registry
 
 
@@ -90,13 +90,7 @@ class AgentProcess:
             return resp.status == health_pb2.HealthCheckResponse.SERVING
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, 10)
 
     def kill(self) -> None:
         if self.proc and self.proc.poll() is None:

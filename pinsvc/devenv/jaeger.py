@@ -41,6 +41,7 @@ import httpx
 import psutil
 
 from pinsvc.devenv.paths import bin_path
+from pinsvc.devenv.process import tail, terminate
 
 START_TIMEOUT = 20.0
 """Seconds `start()` waits for the query API to answer."""
@@ -173,20 +174,11 @@ class Jaeger:
             client.close()
         if process is None or process.poll() is not None:
             return
-        process.terminate()
-        try:
-            process.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        terminate(process, STOP_TIMEOUT)
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
         """The last `lines` lines of the Jaeger log ("" when there is none)."""
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+        return tail(self.log_path, lines)
 
     def __enter__(self) -> Jaeger:
         self.start()

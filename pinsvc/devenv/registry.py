@@ -23,6 +23,8 @@ from types import TracebackType
 
 import httpx
 
+from pinsvc.devenv.process import tail, terminate
+
 REGISTRY_BINARY = "/usr/bin/docker-registry"
 START_TIMEOUT = 10.0
 """Seconds `start()` waits for `GET /v2/` to answer."""
@@ -113,15 +115,10 @@ class Registry:
         process, self._process = self._process, None
         if process is None or process.poll() is not None:
             return
-        process.terminate()
         if self._paused:
             process.send_signal(signal.SIGCONT)  # a stopped process cannot act on SIGTERM
             self._paused = False
-        try:
-            process.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        terminate(process, STOP_TIMEOUT)
 
     def pause(self) -> None:
         """Freeze the registry (SIGSTOP): connections are accepted but never answered."""
@@ -135,11 +132,7 @@ class Registry:
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
         """The last `lines` lines of the registry log ("" when there is none)."""
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+        return tail(self.log_path, lines)
 
     def __enter__(self) -> Registry:
         self.start()

@@ -102,12 +102,12 @@ def node(crio):
     return crio
 
 
-@pytest.fixture
-def agent_factory(tmp_path, node, registry):
+def agent_maker(tmp_path, crio, registry):
+    """Yields make(**flags) -> a started AgentProcess against `crio`; stops them all after."""
     started: list[AgentProcess] = []
 
     def make(**overrides: str) -> AgentProcess:
-        agent = AgentProcess(tmp_path / f"agent{len(started)}", node, registry, **overrides)
+        agent = AgentProcess(tmp_path / f"agent{len(started)}", crio, registry, **overrides)
         agent.start()
         started.append(agent)
         return agent
@@ -115,6 +115,11 @@ def agent_factory(tmp_path, node, registry):
     yield make
     for agent in started:
         agent.stop()
+
+
+@pytest.fixture
+def agent_factory(tmp_path, node, registry):
+    yield from agent_maker(tmp_path, node, registry)
 
 
 @pytest.fixture

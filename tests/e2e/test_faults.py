@@ -24,7 +24,7 @@ from pinsvc.devenv import images as fixture_images
 from pinsvc.devenv.agent import AgentProcess
 from pinsvc.devenv.crio import Crio
 from pinsvc.devenv.faultproxy import BLOBS, FaultProxy
-from tests.e2e.conftest import apply, clean_node
+from tests.e2e.conftest import agent_maker, apply, clean_node
 from tests.e2e.helpers import Kind, Stage, condition, final_status, set_status, stages
 
 DROPIN = "50-pinned-images"
@@ -79,17 +79,7 @@ def fnode(fault_crio, proxy):
 @pytest.fixture
 def make_agent(tmp_path, fnode, proxy):
     """Agents against the module's CRI-O, pulling through the proxy, short backoffs."""
-    started: list[AgentProcess] = []
-
-    def make(**overrides: str) -> AgentProcess:
-        agent = AgentProcess(tmp_path / f"agent{len(started)}", fnode, proxy, **overrides)
-        agent.start()
-        started.append(agent)
-        return agent
-
-    yield make
-    for agent in started:
-        agent.stop()
+    yield from agent_maker(tmp_path, fnode, proxy)
 
 
 # ---- helpers -------------------------------------------------------------------------------
