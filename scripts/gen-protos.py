@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Regenerate the committed protobuf code from proto/ (the only way it is produced).
 
-    python scripts/gen-protos.py          # rewrite pinsvc/gen/
+    python scripts/gen-protos.py          # rewrite pinsvc/gen/ and clients/go/pinsvcv1/
     python scripts/gen-protos.py --check  # exit 1 if the committed code is stale
 
 Generated modules live under `pinsvc.gen`; their cross-imports are rewritten to that
@@ -9,8 +9,10 @@ package so that the generic names `runtime` and `pinsvc.v1` never become top-lev
 """
 
 import argparse
+import os
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -62,5 +64,43 @@ def main() -> int:
     return 0
 
 
+GO_OUT = ROOT / "clients" / "go" / "pinsvcv1"
+GO_TOOLS = ("buf", "protoc-gen-go", "protoc-gen-go-grpc")
+
+
+def sync_go(check: bool) -> int:
+    """clients/go/pinsvcv1 from proto/pinsvc with buf and the Go plugins that
+    scripts/install-peers.sh builds into ~/.cache/pinsvc/bin; rewrite it, or with `check`
+    report whether it is stale. Returns the exit code."""
+    tools = Path(os.environ.get("PINSVC_CACHE", Path.home() / ".cache" / "pinsvc")) / "bin"
+    missing = [t for t in GO_TOOLS if not os.access(tools / t, os.X_OK)]
+    if missing:
+        print(f"Go stubs: {', '.join(missing)} not found in {tools}; run bash scripts/install-peers.sh")
+        return 1
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "PATH": f"{tools}{os.pathsep}{os.environ.get('PATH', '')}"}
+        done = subprocess.run([str(tools / "buf"), "generate", "proto", "--path", "proto/pinsvc",
+                               "--template", "clients/go/buf.gen.yaml", "-o", tmp],
+                              cwd=ROOT, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            print(f"buf generate failed ({done.returncode}):\n{done.stderr}")
+            return 1
+        fresh = Path(tmp) / GO_OUT.name
+        if not check:
+            shutil.rmtree(GO_OUT, ignore_errors=True)
+            shutil.copytree(fresh, GO_OUT)
+            return 0
+        want = {p.relative_to(fresh): p.read_bytes() for p in fresh.rglob("*") if p.is_file()}
+        have = {p.relative_to(GO_OUT): p.read_bytes() for p in GO_OUT.rglob("*") if p.is_file()}
+    stale = sorted(str(k) for k in want.keys() | have.keys() if want.get(k) != have.get(k))
+    if stale:
+        print(f"Go stubs in {GO_OUT.relative_to(ROOT)} are stale; run scripts/gen-protos.py:",
+              *stale, sep="\n  ")
+        return 1
+    print("Go stubs are up to date")
+    return 0
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()  # the Python stubs; parses and checks the arguments
+    sys.exit(sync_go(check="--check" in sys.argv[1:]) or code)
