@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# The local demo: installs what is missing (real CRI-O, crictl, registry; Python deps in
-# .venv), then pins sample images on a real CRI-O through the pinsvc agent. Needs root.
+# The local demo: installs what is missing (real CRI-O, crictl, Jaeger, registry; Python deps
+# in .venv), then rolls a PinnedImageSet out with pinctl to 3 nodes (a real CRI-O and a pinsvc
+# agent each) in 2 pools. Needs root. Options: --jaeger, --keep (see --help).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-peers.sh
 [[ -x .venv/bin/python ]] || python3 -m venv .venv
-.venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+# pip takes seconds even when nothing changed: install again only when pyproject.toml changed
+if [[ ! -f .venv/.pinsvc-installed || pyproject.toml -nt .venv/.pinsvc-installed ]]; then
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+  touch .venv/.pinsvc-installed
+fi
 exec .venv/bin/python -m pinsvc.devenv.demo "$@"

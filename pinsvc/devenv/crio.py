@@ -433,6 +433,15 @@ class Crio:
         self.stop()
         self.start(timeout)
 
+    def detach(self) -> int | None:
+        """Let the running CRI-O outlive this interpreter (it is no longer killed at exit),
+        for an environment left running on purpose; returns its pid. Stop it later by pid
+        and `unmount_under(root)`."""
+        if not self.running:
+            return None
+        _live.pop(self._proc, None)
+        return self._proc.pid
+
     def _forget(self, proc: subprocess.Popen | None) -> None:
         if proc is not None:
             _live.pop(proc, None)

@@ -157,6 +157,7 @@ class Jaeger:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                start_new_session=True,  # a Ctrl-C meant for the caller must not reach it
                 cwd=self.root,
             )
         self._client = httpx.Client(base_url=self.query_url, timeout=5.0)

@@ -84,6 +84,11 @@ class Registry:
         """Whether the registry process is alive (paused counts as alive)."""
         return self._process is not None and self._process.poll() is None
 
+    @property
+    def pid(self) -> int | None:
+        """The registry's pid while it runs, else None."""
+        return self._process.pid if self.running else None
+
     def start(self) -> None:
         """Start the registry and wait until `GET /v2/` answers.
 
@@ -102,6 +107,7 @@ class Registry:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                start_new_session=True,  # a Ctrl-C meant for the caller must not reach it
             )
         self._paused = False
         try:

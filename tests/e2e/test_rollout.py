@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pinsvc.devenv import cluster as objects
 from pinsvc.devenv.agent import AgentProcess
 from pinsvc.devenv.crio import Crio
 from tests.e2e.conftest import clean_node
@@ -53,24 +54,16 @@ class Cluster:
     def write(self, worker_images, infra_images, worker_generation=1, infra_generation=1) -> None:
         w = self.workload
         docs = [
-            _set("worker-set", worker_generation, {"machineconfiguration.openshift.io/role": "worker"},
-                 [w[i] for i in worker_images]),
-            _set("infra-set", infra_generation, {"machineconfiguration.openshift.io/role": "infra"},
-                 [w[i] for i in infra_images]),
-            _pool("worker", {"matchLabels": {"machineconfiguration.openshift.io/role": "worker"}},
-                  {"node-role.kubernetes.io/worker": ""}),
-            _pool("infra", {"matchExpressions": [{"key": "machineconfiguration.openshift.io/role",
-                                                  "operator": "In", "values": ["worker", "infra"]}]},
-                  {"node-role.kubernetes.io/infra": ""}),
+            objects.pinned_image_set("worker-set", [w[i] for i in worker_images], role="worker",
+                                     generation=worker_generation),
+            objects.pinned_image_set("infra-set", [w[i] for i in infra_images], role="infra",
+                                     generation=infra_generation),
+            objects.pool("worker"),
+            objects.pool("infra", config_roles=("worker", "infra")),  # infra nodes get worker's sets too
+            *(objects.node(name, ("worker", "infra") if role == "infra" else ("worker",))
+              for name, role in NODES.items()),
         ]
-        for name, role in NODES.items():
-            labels = {"node-role.kubernetes.io/worker": ""}
-            if role == "infra":
-                labels["node-role.kubernetes.io/infra"] = ""
-            docs.append({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels},
-                         "status": {"addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
-                                    "conditions": [{"type": "Ready", "status": "True"}]}})
-        self.file.write_text(yaml.safe_dump_all(docs))
+        self.file.write_text(objects.render(docs))
 
     def pinctl(self, command: str, *args: str) -> tuple[int, dict | None, str]:
         argv = [sys.executable, "-m", "pinsvc.coordinator.cli", command, "-f", str(self.file),
@@ -80,19 +73,6 @@ class Cluster:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=240)
         doc = json.loads(proc.stdout) if proc.stdout.strip() else None
         return proc.returncode, doc, proc.stderr
-
-
-def _set(name, generation, labels, images):
-    return {"apiVersion": "machineconfiguration.openshift.io/v1", "kind": "PinnedImageSet",
-            "metadata": {"name": name, "labels": labels, "generation": generation},
-            "spec": {"pinnedImages": [{"name": i} for i in images]}}
-
-
-def _pool(name, mc_selector, node_labels):
-    return {"apiVersion": "machineconfiguration.openshift.io/v1", "kind": "MachineConfigPool",
-            "metadata": {"name": name},
-            "spec": {"machineConfigSelector": mc_selector, "nodeSelector": {"matchLabels": node_labels},
-                     "maxUnavailable": 1}}
 
 
 @pytest.fixture
@@ -221,7 +201,7 @@ def test_ctrl_c_cancels_cleanly_and_the_next_run_resumes(cluster, registry):
 def test_node_commands_talk_to_one_agent(cluster):
     agent = cluster.agents["n1"]
     sets = cluster.workdir / "sets.yaml"
-    sets.write_text(yaml.safe_dump(_set("direct", 5, {}, [cluster.workload["oci"]])))
+    sets.write_text(yaml.safe_dump(objects.pinned_image_set("direct", [cluster.workload["oci"]], generation=5)))
 
     def pinctl(*args):
         proc = subprocess.run([sys.executable, "-m", "pinsvc.coordinator.cli", "node", *args,
