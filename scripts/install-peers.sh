@@ -51,6 +51,13 @@ ln -sf "crictl-$CRICTL_VERSION" "$BIN/crictl"
   "$JAEGER_VERSION" ./cmd/jaeger "$BIN/jaeger-$JAEGER_VERSION"
 ln -sf "jaeger-$JAEGER_VERSION" "$BIN/jaeger"
 
+# kubeconform validates deploy/kubernetes in the tests, against the Kubernetes JSON schemas
+# the kubernetes-validate package ships (no schema download). Pure Go, seconds to build.
+KUBECONFORM_VERSION=${KUBECONFORM_VERSION:-v0.7.0}
+[[ -x $BIN/kubeconform-$KUBECONFORM_VERSION ]] || GO_BUILD_CGO=0 go_build github.com/yannh/kubeconform \
+  "$KUBECONFORM_VERSION" ./cmd/kubeconform "$BIN/kubeconform-$KUBECONFORM_VERSION"
+ln -sf "kubeconform-$KUBECONFORM_VERSION" "$BIN/kubeconform"
+
 # pinns must exist for CRI-O to start; it is never run for image work.
 [[ -x $BIN/pinns ]] || { printf '#!/bin/sh\nexit 1\n' > "$BIN/pinns"; chmod +x "$BIN/pinns"; }
 
