@@ -14,6 +14,7 @@ client only, no daemon, so the image itself is never built here):
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import re
 import shutil
 import subprocess
@@ -23,6 +24,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
+
+from pinsvc.devenv.paths import cache_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -157,6 +160,20 @@ def run(*argv, **kwargs) -> subprocess.CompletedProcess:
     return done
 
 
+def dependency_wheels(pip: list) -> Path:
+    """The builder stage's `pip wheel --require-hashes --only-binary=:all: --no-deps -r
+    requirements/image.txt`, run once per content of the lock and kept in the peer cache
+    (PyPI is asked only then)."""
+    key = hashlib.sha256(LOCK.read_bytes()).hexdigest()[:16]
+    target = cache_dir() / "image-wheels" / key
+    if not (target / ".complete").exists():
+        shutil.rmtree(target, ignore_errors=True)
+        run(*pip, "wheel", "--quiet", "--require-hashes", "--only-binary=:all:", "--no-deps",
+            "--wheel-dir", target, "-r", LOCK)
+        (target / ".complete").touch()
+    return target
+
+
 @pytest.mark.image
 def test_image_wheels_install_and_run(tmp_path):
     src, wheels = tmp_path / "src", tmp_path / "wheels"
@@ -183,7 +200,10 @@ def test_image_wheels_install_and_run(tmp_path):
     venv = tmp_path / "venv"
     run(Path(sys.executable).resolve(), "-m", "venv", venv)
     pip = [venv / "bin" / "python", "-m", "pip", "--disable-pip-version-check"]
-    run(*pip, "install", "--quiet", "--require-hashes", "--only-binary=:all:", "--no-deps", "-r", LOCK)
+    # the two stages' pip commands: the builder's wheels of the lock (cached per lock), then
+    # the final stage's offline install of them and of the project's wheels
+    deps = dependency_wheels(pip)
+    run(*pip, "install", "--quiet", "--no-index", "--find-links", deps, "--require-hashes", "--no-deps", "-r", LOCK)
     run(*pip, "install", "--quiet", "--no-index", "--no-deps", *sorted(wheels.glob("*.whl")))
     run(*pip, "check")
     installed = {re.split(r"==| @ ", line)[0].lower() for line in run(*pip, "freeze").stdout.splitlines()}
