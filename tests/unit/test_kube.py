@@ -14,20 +14,15 @@ import dataclasses
 import json
 import subprocess
 import sys
-import threading
-import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 import yaml
 
 from pinsvc.coordinator import kube, objects
 from pinsvc.errors import InvalidArgument
+from tests.kube_standin import MCO, TOKEN, StandIn, kubeconfig
 
-MCO = "machineconfiguration.openshift.io"
 DIGEST = "@sha256:" + "ab" * 32
-TOKEN = "stand-in-token"
 
 
 def _node(name: str, role: str, ip: str, ready: str = "True") -> dict:
@@ -66,76 +61,11 @@ SETS = [_set("worker-images", "v1", "worker", [f"registry.example/app{i}{DIGEST}
         _set("infra-images", "v1", "infra", [f"registry.example/infra{DIGEST}"])]
 
 
-class StandIn:
-    """The stand-in API server: `items` by path, pages of `limit`, `errors` by path
-    (status code), every request recorded as (path, query dict, Authorization header)."""
-
-    def __init__(self) -> None:
-        self.items = {"/api/v1/nodes": ("v1", "NodeList", NODES),
-                      f"/apis/{MCO}/v1/machineconfigpools": (f"{MCO}/v1", "MachineConfigPoolList", POOLS),
-                      f"/apis/{MCO}/v1/pinnedimagesets": (f"{MCO}/v1", "PinnedImageSetList", SETS)}
-        self.errors: dict[str, int] = {}
-        self.requests: list[tuple[str, dict, str]] = []
-        stand_in = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-                url = urllib.parse.urlsplit(self.path)
-                query = dict(urllib.parse.parse_qsl(url.query))
-                stand_in.requests.append((url.path, query, self.headers.get("Authorization", "")))
-                status, body = stand_in.answer(url.path, query)
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def answer(self, path: str, query: dict) -> tuple[int, dict]:
-        if path in self.errors or path not in self.items:
-            code = self.errors.get(path, 404)
-            reason = {403: "Forbidden", 404: "NotFound", 401: "Unauthorized"}.get(code, "InternalError")
-            return code, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason,
-                          "message": f"{path} {reason.lower()}", "code": code}
-        api_version, kind, items = self.items[path]
-        start = int(query.get("continue") or 0)
-        limit = int(query.get("limit") or len(items) or 1)
-        page = items[start:start + limit]
-        more = start + limit < len(items)
-        return 200, {"apiVersion": api_version, "kind": kind, "items": page,
-                     "metadata": {"resourceVersion": "42", **({"continue": str(start + limit)} if more else {})}}
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
-
-
 @pytest.fixture
 def stand_in():
-    server = StandIn()
+    server = StandIn(NODES, POOLS, SETS)
     yield server
     server.close()
-
-
-def kubeconfig(path: Path, server: str, *, current: str = "stand-in") -> Path:
-    """Two contexts: `stand-in` (the stand-in server, a bearer token) and `nowhere`."""
-    doc = {"apiVersion": "v1", "kind": "Config", "current-context": current,
-           "clusters": [{"name": "stand-in", "cluster": {"server": server}},
-                        {"name": "nowhere", "cluster": {"server": "http://127.0.0.1:9"}}],
-           "users": [{"name": "reader", "user": {"token": TOKEN}}],
-           "contexts": [{"name": "stand-in", "context": {"cluster": "stand-in", "user": "reader"}},
-                        {"name": "nowhere", "context": {"cluster": "nowhere", "user": "reader"}}]}
-    path.write_text(yaml.safe_dump(doc))
-    return path
 
 
 def _without_source(cluster: objects.Cluster) -> dict:
