@@ -4,6 +4,7 @@
     pinsvc apply --endpoint unix:///run/pinsvc/pinsvc.sock sets.json
     pinsvc status --endpoint ...
     pinsvc check-space --endpoint ... IMAGE...
+    pinsvc health [--endpoint unix:///run/pinsvc/pinsvc.sock]   # exit 0 when SERVING (probes)
 """
 
 from __future__ import annotations
@@ -103,7 +104,14 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--parallelism", type=int, default=0, help="pulls in flight (0 = agent default)")
         if name == "check-space":
             p.add_argument("images", nargs="+")
+    health = sub.add_parser("health", help="ask the agent's unix socket for its gRPC health (exit 0 = SERVING)")
+    from pinsvc import health as health_check
+    health_check.add_arguments(health, DEFAULT_ENDPOINT)
     args = parser.parse_args(argv)
+    if args.command == "health":
+        code, line = health_check.run(args)
+        print(line, file=sys.stderr if code else sys.stdout)
+        return code
     return _agent(args) if args.command == "agent" else _client_command(args)
 
 

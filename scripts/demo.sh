@@ -4,7 +4,7 @@
 # agent each) in 2 pools. Needs root. Options: --jaeger, --keep (see --help).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install-peers.sh
+bash scripts/install-peers.sh --runtime-only
 [[ -x .venv/bin/python ]] || python3 -m venv .venv
 # pip takes seconds even when nothing changed: install again only when pyproject.toml changed
 if [[ ! -f .venv/.pinsvc-installed || pyproject.toml -nt .venv/.pinsvc-installed ]]; then

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the real peers the tests and the demo use: CRI-O, crictl, conmon, crun and the
 # distribution registry. Idempotent: binaries are cached under $PINSVC_CACHE
-# (default ~/.cache/pinsvc) and reused by later runs and by CI.
+# (default ~/.cache/pinsvc) and reused by later runs and by CI. `--runtime-only` skips the
+# development tools (buf, protoc plugins, kubeconform) that only the tests need.
 set -euo pipefail
 
 CACHE=${PINSVC_CACHE:-$HOME/.cache/pinsvc}
@@ -51,6 +52,8 @@ ln -sf "crictl-$CRICTL_VERSION" "$BIN/crictl"
   "$JAEGER_VERSION" ./cmd/jaeger "$BIN/jaeger-$JAEGER_VERSION"
 ln -sf "jaeger-$JAEGER_VERSION" "$BIN/jaeger"
 
+# The development tools below are for the tests only; the demo runs `install-peers.sh --runtime-only`.
+if [[ ${1:-} != --runtime-only ]]; then
 # Proto tooling: buf (lint, breaking, generate; ~5 min on 2 cores with an empty cache) and the
 # Go plugins it runs for clients/go (scripts/gen-protos.py).
 BUF_VERSION=${BUF_VERSION:-v1.75.0}
@@ -66,6 +69,14 @@ ln -sf "protoc-gen-go-$PROTOC_GEN_GO_VERSION" "$BIN/protoc-gen-go"
   google.golang.org/grpc/cmd/protoc-gen-go-grpc "$PROTOC_GEN_GO_GRPC_VERSION" . \
   "$BIN/protoc-gen-go-grpc-$PROTOC_GEN_GO_GRPC_VERSION"
 ln -sf "protoc-gen-go-grpc-$PROTOC_GEN_GO_GRPC_VERSION" "$BIN/protoc-gen-go-grpc"
+
+# kubeconform validates deploy/kubernetes in the tests, against the Kubernetes JSON schemas
+# the kubernetes-validate package ships (no schema download). Pure Go, seconds to build.
+KUBECONFORM_VERSION=${KUBECONFORM_VERSION:-v0.7.0}
+[[ -x $BIN/kubeconform-$KUBECONFORM_VERSION ]] || GO_BUILD_CGO=0 go_build github.com/yannh/kubeconform \
+  "$KUBECONFORM_VERSION" ./cmd/kubeconform "$BIN/kubeconform-$KUBECONFORM_VERSION"
+ln -sf "kubeconform-$KUBECONFORM_VERSION" "$BIN/kubeconform"
+fi
 
 # pinns must exist for CRI-O to start; it is never run for image work.
 [[ -x $BIN/pinns ]] || { printf '#!/bin/sh\nexit 1\n' > "$BIN/pinns"; chmod +x "$BIN/pinns"; }

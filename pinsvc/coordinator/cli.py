@@ -10,7 +10,8 @@ Examples:
   pinctl node check-space --endpoint ... IMAGE...
 
 cluster.yaml holds PinnedImageSet, MachineConfigPool and Node objects as `oc get -o yaml`
-prints them (several files, `-` for stdin, multi-document streams and `kind: List` all work).
+prints them (several files, `-` for stdin, multi-document streams and `kind: List` all work);
+`--kube [--kubeconfig FILE] [--context NAME]` reads them from the API server instead.
 The agent of a node is found through --endpoints (a YAML map node -> endpoint), the node's
 `pinsvc.io/agent-endpoint` annotation, or its InternalIP and --port. Agents on TCP require
 mutual TLS: give --tls-cert, --tls-key and --tls-ca (and --tls-server-name when the agents'
@@ -85,7 +86,11 @@ class RolloutProgress:
 
 
 def _load(args) -> tuple:
-    cluster = objects.load(args.file)
+    if args.kube:
+        from pinsvc.coordinator import kube
+        cluster = kube.load(kube.KubeSource(args.kubeconfig or "", args.context or ""))
+    else:
+        cluster = objects.load(args.file)
     for note in cluster.notes:
         print(f"note: {note}", file=sys.stderr)
     endpoints = selection.load_endpoint_map(args.endpoints) if args.endpoints else {}
@@ -200,7 +205,12 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def cluster_args(sp):
-        sp.add_argument("-f", "--file", action="append", required=True, help="cluster objects (YAML/JSON; - = stdin)")
+        source = sp.add_mutually_exclusive_group(required=True)
+        source.add_argument("-f", "--file", action="append", help="cluster objects (YAML/JSON; - = stdin)")
+        source.add_argument("--kube", action="store_true",
+                            help="read the objects from the Kubernetes API server instead (needs pinsvc[kube])")
+        sp.add_argument("--kubeconfig", help="with --kube: kubeconfig file (default: in-cluster, KUBECONFIG, ~/.kube/config)")
+        sp.add_argument("--context", help="with --kube: kubeconfig context (default: the current one)")
         sp.add_argument("--endpoints", help="YAML/JSON map of node name -> agent endpoint")
         sp.add_argument("--port", type=int, default=DEFAULT_PORT, help="agent port on a node's InternalIP")
         sp.add_argument("--concurrency", type=int, default=100, help="agent calls in flight")
@@ -236,7 +246,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    if (getattr(args, "kubeconfig", None) or getattr(args, "context", None)) and not getattr(args, "kube", False):
+        p.error("--kubeconfig and --context need --kube")
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     run = {"plan": _plan, "rollout": _rollout, "status": _status, "node": _node}[args.command]
     try:

@@ -158,6 +158,18 @@ def load(sources: Sequence[str | Path]) -> Cluster:
     return reader.cluster()
 
 
+def load_documents(named: Sequence[tuple[str, Any]]) -> Cluster:
+    """`load` for documents already parsed, e.g. the lists read from an API server
+    (`pinsvc.coordinator.kube`): (name for messages, document) pairs, validated the same way."""
+    reader = _Reader()
+    for name, document in named:
+        reader.add(name, [document])
+    reader.check_references()
+    if reader.problems:
+        raise InvalidArgument(reader.problems)
+    return reader.cluster()
+
+
 def read_documents(source: str | Path) -> tuple[str, list[Any], str | None]:
     """Reads a source (a path, or "-" for stdin): its name for messages, its documents (one
     for JSON; YAML streams give None for empty documents) up to the first syntax error, and
@@ -396,6 +408,9 @@ class _Reader:
         name, documents, problem = read_documents(source)
         if problem:
             self.problems.append(problem)
+        self.add(name, documents)
+
+    def add(self, name: str, documents: list[Any]) -> None:
         several = sum(d is not None for d in documents) > 1
         skipped: Counter[str] = Counter()
         for number, document in enumerate(documents, 1):

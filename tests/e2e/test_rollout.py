@@ -221,3 +221,29 @@ def test_node_commands_talk_to_one_agent(cluster):
     assert code == 0 and json.loads(out)["status"]["pinnedImageSets"][0]["name"] == "direct"
     code, out, err = pinctl("check-space", "quay.io/app:latest")
     assert code == 1 and "INVALID_ARGUMENT" in err and "quay.io/app:latest" in err
+
+
+def test_kube_mode_rolls_out_what_the_api_server_lists(cluster):
+    """`pinctl rollout --kube`: the same objects served by a STAND-IN API server on loopback
+    (tests/kube_standin.py) and read with the real kubernetes client, then the same rollout
+    to the real agents as from the file."""
+    from tests.kube_standin import StandIn, kubeconfig
+    docs = list(yaml.safe_load_all(cluster.file.read_text()))
+    by_kind = {kind: [d for d in docs if d["kind"] == kind] for kind in ("Node", "MachineConfigPool", "PinnedImageSet")}
+    nodes = [{k: v for k, v in d.items() if k not in ("kind", "apiVersion")} for d in by_kind["Node"]]
+    server = StandIn(nodes, by_kind["MachineConfigPool"], by_kind["PinnedImageSet"])
+    try:
+        config = kubeconfig(cluster.workdir / "kubeconfig", server.url)
+        proc = subprocess.run([sys.executable, "-m", "pinsvc.coordinator.cli", "rollout", "--kube", "--kubeconfig",
+                               str(config), "--endpoints", str(cluster.endpoints), "-o", "json",
+                               "--record-dir", str(cluster.record_dir)], capture_output=True, text=True, timeout=240)
+    finally:
+        server.close()
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert {n: synchronizer(p)["updatedMachineCount"] for n, p in items(doc, "MachineConfigPool").items()} == {
+        "worker": 2, "infra": 1}
+    w = cluster.workload
+    assert {w["app-a"], w["oci"], w["three-layers"]} <= cluster.crios["n3"].pinned_images()
+    assert {w["app-a"], w["oci"]} <= cluster.crios["n1"].pinned_images()
+    assert {p for p, _, _ in server.requests} == set(server.items)

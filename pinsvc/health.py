@@ -1,0 +1,65 @@
+"""`pinsvc health`: asks the agent's grpc.health.v1 service on its unix socket whether it is
+serving. Made for exec probes (the kubelet's own gRPC probe reaches only a pod's TCP port
+and cannot present the client certificate the agent's TCP listener requires).
+
+Exit status: 0 when the service is SERVING, 1 otherwise (not serving, no answer, no socket).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+DEFAULT_TIMEOUT_SECONDS = 5.0
+
+
+class HealthError(Exception):
+    """The agent could not be asked, or did not answer; the message says why."""
+
+
+def unix_target(endpoint: str) -> str:
+    """`unix:///path` or `/path` -> a gRPC target. Anything else raises ValueError: the check
+    talks to the local unix socket only (TCP needs mTLS; use `pinctl node status`)."""
+    if endpoint.startswith("unix://"):
+        path = endpoint[len("unix://"):]
+    elif endpoint.startswith("unix:"):
+        path = endpoint[len("unix:"):]
+    else:
+        path = endpoint
+    if not path.startswith("/"):
+        raise ValueError(f"endpoint {endpoint!r}: want the agent's unix socket, unix:///path or /path")
+    return "unix:" + path
+
+
+async def check(endpoint: str, service: str = "", timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS) -> str:
+    """The serving status name (SERVING, NOT_SERVING, SERVICE_UNKNOWN...) the agent reports
+    for `service` ("" = the whole server). Raises HealthError when there is no answer within
+    `timeout_seconds`."""
+    target = unix_target(endpoint)
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout_seconds)
+        except grpc.aio.AioRpcError as e:
+            if e.code() == grpc.StatusCode.NOT_FOUND:
+                return "SERVICE_UNKNOWN"
+            raise HealthError(f"{target}: {e.code().name}: {e.details()}") from e
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+
+def add_arguments(parser: argparse.ArgumentParser, default_endpoint: str) -> None:
+    parser.add_argument("--endpoint", default=default_endpoint, help="the agent's unix socket (unix:///path)")
+    parser.add_argument("--service", default="", help="service to ask about ('' = the whole server)")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_SECONDS, help="seconds to wait for the answer")
+
+
+def run(args: argparse.Namespace) -> tuple[int, str]:
+    """(exit status, the line to print) for `pinsvc health`."""
+    try:
+        status = asyncio.run(check(args.endpoint, args.service, args.timeout))
+    except (ValueError, HealthError) as e:
+        return 1, f"pinsvc health: {e}"
+    return (0 if status == "SERVING" else 1), status
