@@ -5,5 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-peers.sh
 [[ -x .venv/bin/python ]] || python3 -m venv .venv
-.venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+.venv/bin/pip install -q --disable-pip-version-check -e clients/python -e '.[dev]'
 exec .venv/bin/python -m pinsvc.devenv.demo "$@"

@@ -14,9 +14,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-import grpc
+from pinsvc_client import PinError, SetSpec, to_dict
 
-from pinsvc.client import SetSpec, to_dict
 from pinsvc.devenv import images as sample_images
 from pinsvc.devenv.agent import AgentProcess
 from pinsvc.devenv.crio import Crio
@@ -29,15 +28,14 @@ def say(text: str) -> None:
 
 
 async def run_apply(agent: AgentProcess, spec: SetSpec) -> dict | None:
-    progress = ApplyProgress()
     async with agent.client() as client:
         try:
-            with progress:
-                async for event in client.apply([spec]):
-                    progress.update(event)
-        except grpc.aio.AioRpcError as e:
-            print(f"apply failed: {e.code().name}: {e.details()}")
-    return to_dict(progress.status) if progress.status is not None else None
+            with ApplyProgress() as progress:
+                status = await client.apply([spec], on_event=progress.update)
+        except PinError as e:
+            print(f"apply failed: {e}")
+            status = e.status
+    return to_dict(status) if status is not None else None
 
 
 async def demo(root: Path) -> int:
