@@ -4,12 +4,13 @@ size, error conversion, Apply as awaitable and as iterator, early stop). The sam
 sync wrapper against the real agent: tests/e2e/test_pyclient.py."""
 
 import asyncio
+import threading
 
 import grpc
 import pytest
 from pinsvc_client import (
     MAX_RECEIVE_MESSAGE_BYTES, ConfigError, InvalidArgument, NotFound, PinError, ResourceExhausted, SetSpec,
-    TlsFiles, Unavailable, apply_request, connect, parse_endpoint, pb, pb_grpc, to_dict)
+    SyncPinClient, TlsFiles, Unavailable, apply_request, connect, parse_endpoint, pb, pb_grpc, to_dict)
 from pinsvc_client.client import health_status
 from pinsvc_client.connection import channel_options
 from pinsvc_client.errors import from_rpc_error
@@ -43,6 +44,13 @@ async def test_tcp_needs_tls_or_an_explicit_insecure(tmp_path):
         pass
     async with connect("127.0.0.1:9440", insecure=True):  # nothing is sent until a call
         pass
+
+
+def test_the_sync_client_stops_its_thread_when_the_settings_are_bad():
+    threads = threading.active_count()
+    with pytest.raises(ConfigError, match="TCP needs tls"):
+        SyncPinClient("127.0.0.1:9440")
+    assert threading.active_count() == threads
 
 
 def test_channel_options_raise_the_receive_limit_and_name_the_server():

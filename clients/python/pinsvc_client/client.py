@@ -156,7 +156,7 @@ class PinClient:
         self.metadata = ((NODE_METADATA, node),) if node else None
         self.timeout = timeout
         self._health = channel.unary_unary("/grpc.health.v1.Health/Check",
-                                           request_serializer=lambda service: _health_request(service),
+                                           request_serializer=_health_request,
                                            response_deserializer=health_status)
 
     async def __aenter__(self) -> PinClient:

@@ -119,6 +119,8 @@ class SyncPinClient:
                     events.put(event)
             except BaseException as e:  # handed to the caller, cancellation included
                 events.put(e)
+                if isinstance(e, asyncio.CancelledError):
+                    raise
             else:
                 events.put(_END)
 
