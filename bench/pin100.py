@@ -49,12 +49,12 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from pinsvc.client import PinClient, SetSpec  # noqa: E402
+from pinsvc.client import connect  # noqa: E402
 from pinsvc.devenv.agent import AgentProcess  # noqa: E402
 from pinsvc.devenv.crio import Crio  # noqa: E402
 from pinsvc.devenv.images import bench_workload, push_many  # noqa: E402
 from pinsvc.devenv.registry import Registry  # noqa: E402
-from pinsvc.gen.pinsvc.v1 import pinsvc_pb2 as pb  # noqa: E402
+from pinsvc_client import SetSpec, pb  # noqa: E402
 from pinsvc.gen.runtime.v1 import api_pb2, api_pb2_grpc  # noqa: E402
 
 MiB = 1 << 20
@@ -274,7 +274,7 @@ class ApplyRun:
 
 async def apply_once(node: Node, agent: AgentProc, parallelism: int) -> ApplyRun:
     spec = SetSpec("bench", 1, tuple(node.refs))
-    async with PinClient(agent.endpoint) as client:
+    async with connect(agent.endpoint) as client:
         await asyncio.wait_for(client.channel.channel_ready(), 10)
         events, received, error = [], [], None
         meter = CpuMeter(node.pids(agent))

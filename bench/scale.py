@@ -561,7 +561,7 @@ def profile_summary(path: str, limit: int = 25) -> str:
 def coordinator_main(args: argparse.Namespace) -> int:
     """Drives the coordinator API directly, as pinctl would, and prints a JSON List of
     MachineConfigNode / MachineConfigPool documents (the same shape as pinctl -o json)."""
-    from pinsvc.client import PinClient
+    from pinsvc.client import connect
     from pinsvc.coordinator import objects, selection
     from pinsvc.coordinator.rollout import UPDATED, Options, Record, Rollout, plan_rollout, rollout_id
 
@@ -569,7 +569,7 @@ def coordinator_main(args: argparse.Namespace) -> int:
     plans = plan_rollout(cluster, endpoints=selection.load_endpoint_map(args.endpoints))
     record = Record(Path(args.record_dir) / f"rollout-{rollout_id(plans)}.json")
     rollout = Rollout(plans, Options(max_parallel=args.max_parallel, concurrency=args.concurrency),
-                      record=record, connect=PinClient)
+                      record=record, connect=connect)
     asyncio.run(rollout.run())
     items = []
     for plan in plans:

@@ -2,7 +2,7 @@
 
 Nothing here talks to a container runtime, a registry or a disk. Each simulated node is a
 few dicts in memory behind the real `pinsvc.v1.PinService` gRPC API (the generated code in
-`pinsvc/gen/pinsvc/v1/`), so that `pinctl` / `pinsvc.coordinator.rollout` can be driven
+`pinsvc_client.pb_grpc`), so that `pinctl` / `pinsvc.coordinator.rollout` can be driven
 against 1,000 "nodes" on one machine and their cost measured alone:
 
 - `CheckSpace`: every image missing, a fixed size per image (`--image-bytes`), always fits.
@@ -20,7 +20,7 @@ against 1,000 "nodes" on one machine and their cost measured alone:
 - `--rpc-latency` delays CheckSpace and GetStatus (default 0: they answer at once).
 - The stage RPCs (PullImages, WriteDropin, ...) answer UNIMPLEMENTED.
 
-A node is known by the `x-pinsvc-node` metadata that `pinsvc.client.PinClient` sends on
+A node is known by the `x-pinsvc-node` metadata that `pinsvc_client.PinClient` sends on
 every call (state is per node name, not per endpoint); a call without it is the node "".
 
 Endpoints: one process binds `--endpoints N` listeners, all served by ONE `grpc.aio` server
@@ -59,8 +59,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from pinsvc.gen.pinsvc.v1 import pinsvc_pb2 as pb  # noqa: E402
-from pinsvc.gen.pinsvc.v1 import pinsvc_pb2_grpc  # noqa: E402
+from pinsvc_client import pb, pb_grpc  # noqa: E402
 
 log = logging.getLogger("simagent")
 NODE_METADATA = "x-pinsvc-node"
@@ -132,7 +131,7 @@ class Stats:
         self.last[rpc] = now
 
 
-class SimulatedPinService(pinsvc_pb2_grpc.PinServiceServicer):
+class SimulatedPinService(pb_grpc.PinServiceServicer):
     """The PinService of every simulated node served by this process."""
 
     def __init__(self, latency: float, rpc_latency: float, image_bytes: int, spread: bool = False):
@@ -251,7 +250,7 @@ def _write_json(path: Path, doc: dict) -> None:
 async def serve(args: argparse.Namespace) -> int:
     service = SimulatedPinService(args.latency, args.rpc_latency, args.image_bytes, args.events == "spread")
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-    pinsvc_pb2_grpc.add_PinServiceServicer_to_server(service, server)
+    pb_grpc.add_PinServiceServicer_to_server(service, server)
     endpoints = []
     for i in range(args.endpoints):
         if args.transport == "unix":

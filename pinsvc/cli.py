@@ -17,7 +17,6 @@ import signal
 import sys
 from pathlib import Path
 
-import grpc
 
 from pinsvc import config, errors, logs, tracing
 
@@ -53,35 +52,35 @@ def _agent(args: argparse.Namespace) -> int:
 
 
 def _load_sets(path: str):
-    from pinsvc.client import SetSpec
+    from pinsvc_client import SetSpec
     text = sys.stdin.read() if path == "-" else Path(path).read_text()
     doc = json.loads(text)
     return [SetSpec(s["name"], int(s["generation"]), tuple(s["images"])) for s in doc]
 
 
 def _client_command(args: argparse.Namespace) -> int:
-    from pinsvc.client import PinClient, tls_from_args, to_dict
+    from pinsvc_client import PinError, to_dict
+
+    from pinsvc.client import connect, tls_from_args
     from pinsvc.progress import ApplyProgress
 
     async def main() -> int:
-        async with PinClient(args.endpoint, tls=tls_from_args(args)) as client:
+        async with connect(args.endpoint, tls=tls_from_args(args)) as client:
             if args.command == "status":
                 print(json.dumps(to_dict(await client.status()), indent=2))
             elif args.command == "check-space":
                 print(json.dumps(to_dict(await client.check_space(args.images)), indent=2))
             else:
-                progress = ApplyProgress()
-                with progress:
-                    async for event in client.apply(_load_sets(args.sets), parallelism=args.parallelism):
-                        progress.update(event)
-                if progress.status is not None:
-                    print(json.dumps(to_dict(progress.status), indent=2))
+                with ApplyProgress() as progress:
+                    status = await client.apply(_load_sets(args.sets), parallelism=args.parallelism,
+                                                on_event=progress.update)
+                print(json.dumps(to_dict(status), indent=2))
         return 0
 
     try:
         return asyncio.run(main())
-    except grpc.aio.AioRpcError as e:
-        print(f"pinsvc: {e.code().name}: {e.details()}", file=sys.stderr)
+    except PinError as e:
+        print(f"pinsvc: {e}", file=sys.stderr)
         return 1
     except errors.InvalidArgument as e:
         print(f"pinsvc: {e}", file=sys.stderr)

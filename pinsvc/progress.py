@@ -7,7 +7,7 @@ import sys
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from pinsvc.gen.pinsvc.v1 import pinsvc_pb2 as pb
+from pinsvc_client import pb
 
 _K = pb.ImageEvent.Kind
 

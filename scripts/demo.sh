@@ -6,9 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-peers.sh --runtime-only
 [[ -x .venv/bin/python ]] || python3 -m venv .venv
-# pip takes seconds even when nothing changed: install again only when pyproject.toml changed
-if [[ ! -f .venv/.pinsvc-installed || pyproject.toml -nt .venv/.pinsvc-installed ]]; then
-  .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+# pip takes seconds even when nothing changed: install again only when a pyproject.toml changed
+if [[ ! -f .venv/.pinsvc-installed || pyproject.toml -nt .venv/.pinsvc-installed \
+      || clients/python/pyproject.toml -nt .venv/.pinsvc-installed ]]; then
+  .venv/bin/pip install -q --disable-pip-version-check -e clients/python -e '.[dev]'
   touch .venv/.pinsvc-installed
 fi
 exec .venv/bin/python -m pinsvc.devenv.demo "$@"

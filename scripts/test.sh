@@ -10,7 +10,7 @@ bash scripts/install-peers.sh
 if [[ ! -x .venv/bin/python ]]; then
   python3 -m venv .venv
 fi
-.venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+.venv/bin/pip install -q --disable-pip-version-check -e clients/python -e '.[dev]'
 
 .venv/bin/python scripts/gen-protos.py --check
 exec .venv/bin/python -m pytest -p no:cacheprovider -q "$@"

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import time
 
+from pinsvc_client import pb
+
 from pinsvc import limits
 from pinsvc.errors import InvalidArgument
-from pinsvc.gen.pinsvc.v1 import pinsvc_pb2 as pb
 from pinsvc.model import (ImageEvent, NodeStatus, PinnedImageSet, SpacePlan, StageEvent)
 
 _PHASES = {"pending": pb.IMAGE_PHASE_PENDING, "pulling": pb.IMAGE_PHASE_PULLING,

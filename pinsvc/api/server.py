@@ -15,14 +15,13 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from pinsvc_client import pb, pb_grpc
 
 from pinsvc import errors, limits, tracing
 from pinsvc.api import convert
 from pinsvc.api.guard import MalformedRequestInterceptor
 from pinsvc.config import Settings
 from pinsvc.core.agent import Agent
-from pinsvc.gen.pinsvc.v1 import pinsvc_pb2 as pb
-from pinsvc.gen.pinsvc.v1 import pinsvc_pb2_grpc
 
 log = logging.getLogger("pinsvc.api")
 SERVICE = "pinsvc.v1.PinService"
@@ -38,7 +37,7 @@ async def _abort(context: grpc.aio.ServicerContext, e: Exception) -> None:
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}")
 
 
-class PinServicer(pinsvc_pb2_grpc.PinServiceServicer):
+class PinServicer(pb_grpc.PinServiceServicer):
     def __init__(self, agent: Agent):
         self.agent = agent
 
@@ -189,7 +188,7 @@ async def serve(settings: Settings, *, ready: Callable[[], None] | None = None,
     agent = Agent.from_settings(settings, metrics=metrics)
     server = grpc.aio.server(interceptors=[*tracing.server_interceptors(), MalformedRequestInterceptor()],
                              options=[("grpc.max_receive_message_length", limits.MAX_MESSAGE_BYTES)])
-    pinsvc_pb2_grpc.add_PinServiceServicer_to_server(PinServicer(agent), server)
+    pb_grpc.add_PinServiceServicer_to_server(PinServicer(agent), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

@@ -29,12 +29,12 @@ import os
 import sys
 from pathlib import Path
 
-import grpc
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from pinsvc_client import PinError, SetSpec, to_dict
 
 from pinsvc import errors, tracing
-from pinsvc.client import PinClient, SetSpec, add_tls_arguments, tls_from_args, to_dict
+from pinsvc.client import add_tls_arguments, connect, tls_from_args
 from pinsvc.coordinator import objects, report, selection
 from pinsvc.coordinator.rollout import (APPLYING, DEFAULT_PORT, FAILED, UNAVAILABLE, UPDATED, WARNING, NodeRecord,
                                         Options, Record, Rollout, plan_rollout, rollout_id, status_doc)
@@ -108,7 +108,7 @@ def _options(args) -> Options:
 
 def _connect(args):
     """(endpoint, node) -> PinClient, with the --tls-* files (read once, here) for TCP agents."""
-    return functools.partial(PinClient, tls=tls_from_args(args))
+    return functools.partial(connect, tls=tls_from_args(args))
 
 
 def _record_path(args, plans) -> Path:
@@ -179,7 +179,7 @@ async def _status(args) -> int:
 
 
 async def _node(args) -> int:
-    async with PinClient(args.endpoint, tls=tls_from_args(args)) as client:
+    async with connect(args.endpoint, tls=tls_from_args(args)) as client:
         if args.node_command == "status":
             print(report.render({"status": status_doc(await client.status())}, args.output or "yaml"))
         elif args.node_command == "check-space":
@@ -187,11 +187,9 @@ async def _node(args) -> int:
         else:
             cluster = objects.load(args.file)
             specs = [SetSpec(s.name, s.generation, s.images) for s in cluster.sets.values()]
-            progress = ApplyProgress()
-            with progress:
-                async for event in client.apply(specs):
-                    progress.update(event)
-            print(report.render({"status": status_doc(progress.status)}, args.output or "yaml"))
+            with ApplyProgress() as progress:
+                status = await client.apply(specs, on_event=progress.update)
+            print(report.render({"status": status_doc(status)}, args.output or "yaml"))
     return 0
 
 
@@ -261,8 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     except errors.PinsvcError as e:
         print(f"pinctl: {e}", file=sys.stderr)
         return 1
-    except grpc.aio.AioRpcError as e:
-        print(f"pinctl: {e.code().name}: {e.details()}", file=sys.stderr)
+    except PinError as e:
+        print(f"pinctl: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("pinctl: interrupted", file=sys.stderr)

@@ -24,13 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from pinsvc_client import PinClient, PinError, SetSpec, pb
 
 from pinsvc import errors, tracing
-from pinsvc.client import PinClient, SetSpec
+from pinsvc.client import connect
 from pinsvc.files import write_atomic
 from pinsvc.coordinator import selection
 from pinsvc.coordinator.objects import Cluster, PinnedImageSet
-from pinsvc.gen.pinsvc.v1 import pinsvc_pb2 as pb
 
 log = logging.getLogger("pinsvc.coordinator")
 
@@ -170,14 +170,14 @@ def is_current(status: pb.NodeStatus, target: Target) -> bool:
         have[n].current_generation == g and have[n].desired_generation == g for n, g in want.items())
 
 
-def _unavailable(e: grpc.aio.AioRpcError) -> bool:
+def _unavailable(e: PinError) -> bool:
     return e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
 class Rollout:
     def __init__(self, plans: list[PoolPlan], options: Options, *, record: Record | None = None,
                  progress: Progress = lambda record, event: None,
-                 connect: Callable[[str, str], PinClient] = PinClient):
+                 connect: Callable[[str, str], PinClient] = connect):
         self.plans = plans
         self.options = options
         self.record = record or Record(None)
@@ -215,7 +215,7 @@ class Rollout:
         try:
             async with self._gate:
                 plan = await self._call(target, lambda c: c.check_space(target.images), record)
-        except grpc.aio.AioRpcError as e:
+        except PinError as e:
             if _unavailable(e) or e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
                 record.fits = False
                 record.state = UNAVAILABLE if _unavailable(e) else FAILED
@@ -242,7 +242,7 @@ class Rollout:
             try:
                 async with self._gate:
                     status = await self._call(target, lambda c: c.status(), record)
-            except grpc.aio.AioRpcError as e:
+            except PinError as e:
                 record.state, record.reason = UNAVAILABLE, f"{e.code().name}: {e.details()}"
                 return
             record.status = status_doc(status)
@@ -363,7 +363,7 @@ class Rollout:
         except TimeoutError:
             record.state = FAILED
             record.reason = f"deadline of {self.options.node_deadline_seconds:g}s passed"
-        except grpc.aio.AioRpcError as e:
+        except PinError as e:
             record.state = UNAVAILABLE if _unavailable(e) else FAILED
             record.reason = f"{e.code().name}: {e.details()}"
         record.seconds = time.monotonic() - start
@@ -397,7 +397,7 @@ class Rollout:
 
             try:
                 await self._call(target, apply, record)
-            except grpc.aio.AioRpcError as e:
+            except PinError as e:
                 if record.status is not None and not _unavailable(e):
                     record.state, record.reason = FAILED, f"{e.code().name}: {e.details()}"
                     return
@@ -415,7 +415,7 @@ class Rollout:
                 client = self._clients[target.node] = self.connect(target.endpoint, target.node)
             try:
                 return await fn(client)
-            except grpc.aio.AioRpcError as e:
+            except PinError as e:
                 if not _unavailable(e):
                     raise
                 # A channel in backoff after a failure would delay the retry: start afresh.

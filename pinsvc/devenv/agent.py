@@ -10,7 +10,9 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from pinsvc.client import PinClient
+from pinsvc_client import PinClient
+
+from pinsvc.client import connect
 from pinsvc.devenv.crio import Crio
 from pinsvc.devenv.process import terminate
 from pinsvc.devenv.registry import Registry
@@ -101,4 +103,4 @@ class AgentProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def client(self) -> PinClient:
-        return PinClient(self.endpoint)
+        return connect(self.endpoint)

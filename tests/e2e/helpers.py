@@ -1,6 +1,6 @@
 """Small helpers for reading Apply events in e2e tests."""
 
-from pinsvc.gen.pinsvc.v1 import pinsvc_pb2 as pb
+from pinsvc_client import pb
 
 Kind = pb.ImageEvent.Kind
 Stage = pb.StageEvent.Stage

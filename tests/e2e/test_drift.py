@@ -6,10 +6,10 @@ import time
 
 import pytest
 
-from pinsvc.client import SetSpec
+from pinsvc_client import SetSpec
 from pinsvc.core.dropin import render_dropin
 from pinsvc.devenv.crio import RELOAD_COMPLETED
-from pinsvc.gen.pinsvc.v1 import pinsvc_pb2 as pb
+from pinsvc_client import pb
 from tests.e2e.conftest import apply
 from tests.e2e.helpers import condition
 

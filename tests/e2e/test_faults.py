@@ -19,7 +19,7 @@ import time
 import grpc
 import pytest
 
-from pinsvc.client import SetSpec
+from pinsvc_client import SetSpec
 from pinsvc.devenv import images as fixture_images
 from pinsvc.devenv.agent import AgentProcess
 from pinsvc.devenv.crio import Crio

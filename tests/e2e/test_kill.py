@@ -24,7 +24,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from pinsvc.client import SetSpec
+from pinsvc_client import SetSpec
 from pinsvc.core.dropin import is_managed, render_dropin
 from pinsvc.devenv.agent import AgentProcess
 from pinsvc.devenv.crio import Crio, CrioError

@@ -11,7 +11,7 @@ import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
 from pinsvc import errors
-from pinsvc.client import SetSpec
+from pinsvc_client import SetSpec
 from tests.e2e.conftest import apply
 from tests.e2e.helpers import Kind, final_status, set_status
 

@@ -26,9 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from pinsvc.client import PinClient, SetSpec, TlsFiles
-from pinsvc.gen.pinsvc.v1 import pinsvc_pb2 as pb
-from pinsvc.gen.pinsvc.v1 import pinsvc_pb2_grpc
+from pinsvc_client import SetSpec, TlsFiles, connect, pb, pb_grpc
 
 NOW = datetime.datetime.now(datetime.timezone.utc)
 DAY = datetime.timedelta(days=1)
@@ -130,7 +128,7 @@ def tcp_agent(agent_factory, pki: Pki, **flags):
 
 async def status_with(channel: grpc.aio.Channel) -> pb.NodeStatus:
     async with channel:
-        return await pinsvc_pb2_grpc.PinServiceStub(channel).GetStatus(pb.GetStatusRequest(), timeout=10)
+        return await pb_grpc.PinServiceStub(channel).GetStatus(pb.GetStatusRequest(), timeout=10)
 
 
 # ---- the agent's TCP listener ---------------------------------------------------------------
@@ -150,13 +148,13 @@ async def test_tcp_serves_only_clients_with_a_certificate_of_the_ca(agent_factor
             await status_with(channel)
         assert e.value.code() == grpc.StatusCode.UNAVAILABLE, what
     for what, client in (("signed by another CA", pki.other_ca_client), ("expired", pki.expired_client)):
-        async with PinClient(endpoint, tls=pki.tls(client)) as c:
+        async with connect(endpoint, tls=pki.tls(client)) as c:
             with pytest.raises(grpc.aio.AioRpcError) as e:
                 await asyncio.wait_for(c.status(), 10)
         assert e.value.code() == grpc.StatusCode.UNAVAILABLE, what
 
     image = workload["app-a"]
-    async with PinClient(endpoint, tls=pki.tls()) as c:
+    async with connect(endpoint, tls=pki.tls()) as c:
         assert (await c.status()).node == "e2e-node"
         events = [event async for event in c.apply([SetSpec("over-mtls", 1, (image,))])]
     assert events[-1].status.pinned_image_sets[0].current_generation == 1
@@ -165,11 +163,11 @@ async def test_tcp_serves_only_clients_with_a_certificate_of_the_ca(agent_factor
 
 async def test_the_agent_names_the_server_certificate_it_expects_by_node_name(agent_factory, pki):
     agent, endpoint = tcp_agent(agent_factory, pki, **pki.server_flags(pki.node_server))
-    async with PinClient(endpoint, tls=pki.tls()) as c:  # the certificate does not name 127.0.0.1
+    async with connect(endpoint, tls=pki.tls()) as c:  # the certificate does not name 127.0.0.1
         with pytest.raises(grpc.aio.AioRpcError) as e:
             await asyncio.wait_for(c.status(), 10)
     assert e.value.code() == grpc.StatusCode.UNAVAILABLE
-    async with PinClient(endpoint, tls=pki.tls(server_name="node-a.pinsvc.test")) as c:
+    async with connect(endpoint, tls=pki.tls(server_name="node-a.pinsvc.test")) as c:
         assert (await c.status()).node == "e2e-node"
 
 
@@ -196,7 +194,7 @@ async def test_tcp_without_tls_files_is_refused_unless_insecure(agent_factory, p
     warnings = [line for line in agent.log().splitlines() if " WARNING " in line]
     assert any(f"serving plaintext TCP on 127.0.0.1:{port}" in line for line in warnings), agent.log()
 
-    async with PinClient(f"127.0.0.1:{port}") as c:
+    async with connect(f"127.0.0.1:{port}", insecure=True) as c:
         assert (await c.status()).node == "e2e-node"
 
 

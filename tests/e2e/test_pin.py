@@ -5,7 +5,7 @@ import asyncio
 import grpc
 import pytest
 
-from pinsvc.client import SetSpec
+from pinsvc_client import SetSpec
 from tests.e2e.conftest import apply
 from tests.e2e.helpers import Kind, Stage, condition, final_status, image_events, set_status, stages
 

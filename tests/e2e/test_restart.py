@@ -3,7 +3,7 @@ without pulling again what is already present."""
 
 import grpc
 
-from pinsvc.client import SetSpec
+from pinsvc_client import SetSpec
 from tests.e2e.conftest import apply
 from tests.e2e.helpers import Kind, final_status, image_events, set_status
 

@@ -10,7 +10,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from pinsvc.client import SetSpec
+from pinsvc_client import SetSpec
 from pinsvc.devenv import images as fixture_images
 from tests.e2e.conftest import AUTH_PASSWORD, AUTH_USER, apply
 

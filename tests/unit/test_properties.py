@@ -35,8 +35,7 @@ from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 from pinsvc import config, limits
 from pinsvc.api.server import serve
 from pinsvc.core.dropin import Dropin, render_dropin
-from pinsvc.gen.pinsvc.v1 import pinsvc_pb2 as pb
-from pinsvc.gen.pinsvc.v1 import pinsvc_pb2_grpc
+from pinsvc_client import pb, pb_grpc
 from pinsvc.refs import reference_problem, set_name_problem
 
 MIN_REQUESTS = 10_000
@@ -482,7 +481,7 @@ class Node:
     state_dir: Path
     socket: Path
     loop: asyncio.AbstractEventLoop
-    stub: pinsvc_pb2_grpc.PinServiceStub
+    stub: pb_grpc.PinServiceStub
     channel: grpc.aio.Channel
     sent: int = 0
     by_method: dict[str, int] = field(default_factory=dict)
@@ -567,7 +566,7 @@ def node(tmp_path_factory):
 
     async def connect():
         channel = grpc.aio.insecure_channel(f"unix:{sock}")
-        return channel, pinsvc_pb2_grpc.PinServiceStub(channel)
+        return channel, pb_grpc.PinServiceStub(channel)
 
     channel, stub = asyncio.run_coroutine_threadsafe(connect(), loop).result(10)
     n = Node(root, dropin_dir, temp_dir, state_dir, sock, loop, stub, channel)

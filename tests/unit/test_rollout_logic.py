@@ -5,17 +5,17 @@ import asyncio
 
 import grpc
 import pytest
+from pinsvc_client import NotFound, Unavailable, pb
 
 from pinsvc.coordinator.objects import PinnedImageSet
 from pinsvc.coordinator.rollout import (FAILED, NOT_STARTED, PAUSED, SKIPPED, UNAVAILABLE, UPDATED, Options,
                                         PoolPlan, Rollout, Target)
-from pinsvc.gen.pinsvc.v1 import pinsvc_pb2 as pb
 
 SET = PinnedImageSet("s", 3, "", {}, ("r.io/a@sha256:" + "a" * 64,), "test")
 
 
 class ScriptedAgents:
-    """Agents that answer from a script: node -> 'ok' | 'fail' | 'down' | 'current'."""
+    """Agents that answer (and fail, as PinClient does) from a script: node -> 'ok' | 'fail' | 'down' | 'current'."""
 
     def __init__(self, script, delay=0.01):
         self.script, self.delay = script, delay
@@ -33,7 +33,7 @@ class _Client:
 
     def _answer(self):
         if self.agents.script.get(self.node) == "down":
-            raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, None, None, "connection refused")
+            raise Unavailable(grpc.StatusCode.UNAVAILABLE, "connection refused")
 
     async def close(self):
         return None
@@ -49,7 +49,7 @@ class _Client:
     async def check_space(self, images):
         self._answer()
         if self.agents.script.get(self.node) == "unsizable":
-            raise grpc.aio.AioRpcError(grpc.StatusCode.NOT_FOUND, None, None, "manifest unknown")
+            raise NotFound(grpc.StatusCode.NOT_FOUND, "manifest unknown")
         return pb.SpacePlan(fits=True, verdict="fits")
 
     async def apply(self, specs, parallelism=0):
@@ -61,7 +61,7 @@ class _Client:
             await asyncio.sleep(a.delay)
             if a.script.get(self.node) == "fail":
                 yield pb.ApplyEvent(status=self._status(False))
-                raise grpc.aio.AioRpcError(grpc.StatusCode.NOT_FOUND, None, None, "image missing")
+                raise NotFound(grpc.StatusCode.NOT_FOUND, "image missing")
             yield pb.ApplyEvent(status=self._status(True))
         finally:
             a.running -= 1

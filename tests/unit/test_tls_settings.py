@@ -3,9 +3,10 @@
 import argparse
 
 import pytest
+from pinsvc_client import TlsFiles
 
 from pinsvc import config
-from pinsvc.client import PinClient, TlsFiles, add_tls_arguments, tls_from_args
+from pinsvc.client import add_tls_arguments, connect, tls_from_args
 from pinsvc.errors import InvalidArgument
 
 
@@ -66,7 +67,7 @@ def test_options_override_the_target_name_only_when_asked():
 
 async def test_unix_endpoints_never_use_tls(tmp_path):
     tls = TlsFiles(str(tmp_path / "missing.crt"), str(tmp_path / "missing.key"), str(tmp_path / "missing-ca.crt"))
-    async with PinClient(f"unix://{tmp_path}/agent.sock", tls=tls):  # the files are not even read
+    async with connect(f"unix://{tmp_path}/agent.sock", tls=tls):  # the files are not even read
         pass
     with pytest.raises(InvalidArgument, match="missing-ca.crt: cannot read"):
-        PinClient("127.0.0.1:9440", tls=tls)
+        connect("127.0.0.1:9440", tls=tls)

@@ -4,7 +4,7 @@
 import grpc
 import warnings
 
-from pinsvc.gen.pinsvc.v1 import pinsvc_pb2 as pinsvc_dot_v1_dot_pinsvc__pb2
+from pinsvc_client._gen.pinsvc.v1 import pinsvc_pb2 as pinsvc_dot_v1_dot_pinsvc__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
