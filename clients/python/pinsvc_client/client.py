@@ -115,7 +115,9 @@ class ApplyCall:
 
     async def _events(self, call: grpc.aio.UnaryStreamCall) -> AsyncIterator[pb.ApplyEvent]:
         try:
-            async for event in call:
+            # read() rather than `async for`: grpc's own iterator is an async generator that,
+            # abandoned by an early stop, would be closed later by a stray finalizer task
+            while (event := await call.read()) is not grpc.aio.EOF:
                 if event.HasField("status"):
                     self.status = event.status
                 if self._on_event is not None:
@@ -204,7 +206,7 @@ class PinClient:
         request = pb.PullImagesRequest(images=_refs(images), options=pull_options(parallelism, attempt_timeout))
         call = self.stub.PullImages(request, timeout=timeout, metadata=self.metadata)
         try:
-            async for event in call:
+            while (event := await call.read()) is not grpc.aio.EOF:
                 yield event
         except grpc.aio.AioRpcError as e:
             raise from_rpc_error(e) from e
