@@ -27,6 +27,8 @@ from pinsvc.model import RuntimeImage
 log = logging.getLogger("pinsvc.cri")
 
 _MAX_MESSAGE = 64 << 20  # ListImages on a busy node is large
+_FS_INFO_ATTEMPTS = 5
+_FS_INFO_RETRY_SECONDS = 0.05  # times the attempt number
 
 # Phrases of runtime error messages (lower case). HTTP status codes are matched as whole
 # numbers only, never inside a port or a digest (":43401" is not a 401).
@@ -129,13 +131,23 @@ class CriClient:
                 raise self._error(e, f"RemoveImage {image}") from e
 
     async def image_fs(self) -> list[FsUsage]:
-        """The image filesystems: mountpoint and used bytes (never free bytes)."""
-        await self._ready()
-        try:
-            resp = await self._stub.ImageFsInfo(api_pb2.ImageFsInfoRequest(), timeout=self.timeout)
-        except grpc.aio.AioRpcError as e:
-            raise self._error(e, "ImageFsInfo") from e
-        return [FsUsage(fs.fs_id.mountpoint, fs.used_bytes.value) for fs in resp.image_filesystems]
+        """The image filesystems: mountpoint and used bytes (never free bytes).
+
+        CRI-O computes the used bytes by walking its image store, and fails the call when a
+        temp file of a concurrent pull vanishes under the walk (UNKNOWN "lstat ...: no such
+        file or directory"); that race is retried a few times."""
+        for attempt in range(1, _FS_INFO_ATTEMPTS + 1):
+            await self._ready()
+            try:
+                resp = await self._stub.ImageFsInfo(api_pb2.ImageFsInfoRequest(), timeout=self.timeout)
+            except grpc.aio.AioRpcError as e:
+                if attempt < _FS_INFO_ATTEMPTS and _walk_race(e):
+                    log.debug("ImageFsInfo raced with a pull (attempt %d): %s", attempt, e.details())
+                    await asyncio.sleep(_FS_INFO_RETRY_SECONDS * attempt)
+                    continue
+                raise self._error(e, "ImageFsInfo") from e
+            return [FsUsage(fs.fs_id.mountpoint, fs.used_bytes.value) for fs in resp.image_filesystems]
+        raise AssertionError("unreachable")
 
     def _error(self, e: grpc.aio.AioRpcError, what: str) -> errors.PinsvcError:
         code = e.code()
@@ -147,6 +159,11 @@ class CriClient:
         return errors.RuntimeError_(f"container runtime: {what} failed: {code.name}: {e.details()}",
                                     retryable=code in (grpc.StatusCode.RESOURCE_EXHAUSTED,
                                                        grpc.StatusCode.ABORTED))
+
+
+def _walk_race(e: grpc.aio.AioRpcError) -> bool:
+    """ImageFsInfo failed because a file vanished while CRI-O walked its image store."""
+    return e.code() == grpc.StatusCode.UNKNOWN and "no such file or directory" in (e.details() or "")
 
 
 def pull_error(image: str, e: grpc.aio.AioRpcError) -> errors.PinsvcError:
