@@ -232,8 +232,8 @@ class Agent:
         self._record_desired(sets)
         self.state.set_condition(PROGRESSING, "True", "ImagePrefetch",
                                  f"node is prefetching images: {self.settings.node_name}")
-        await self._save()
         try:
+            await self._save()  # e.g. a full disk: fails here, before anything is pulled
             self._check_dropin_conflicts()
             images = union(sets)
             listed = await self.cri.list_images()

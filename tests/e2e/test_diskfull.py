@@ -12,6 +12,7 @@ unmounted at the end even when a test fails.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import json
 import os
@@ -35,18 +36,24 @@ DROPIN = "50-pinned-images"
 APPLY_BOUND = 90.0
 
 
-@pytest.fixture(scope="module")
-def tmpfs(peers_root):
-    point = peers_root / "diskfull-storage"
-    point.mkdir()
+@contextlib.contextmanager
+def mounted_tmpfs(point, size: int):
+    """A tmpfs of `size` bytes at `point`, unmounted on exit even when the test failed."""
+    point.mkdir(parents=True)
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.mount(b"tmpfs", os.fsencode(point), b"tmpfs", 0, f"size={TMPFS_BYTES},mode=0700".encode()) != 0:
+    if libc.mount(b"tmpfs", os.fsencode(point), b"tmpfs", 0, f"size={size},mode=0700".encode()) != 0:
         raise OSError(ctypes.get_errno(), f"mount -t tmpfs {point}: {os.strerror(ctypes.get_errno())}")
     try:
         yield point
     finally:
         libc.umount2(os.fsencode(point), 2)  # MNT_DETACH: even with CRI-O's mounts below it
         assert point not in mounts_under(point), f"{point} is still mounted"
+
+
+@pytest.fixture(scope="module")
+def tmpfs(peers_root):
+    with mounted_tmpfs(peers_root / "diskfull-storage", TMPFS_BYTES) as point:
+        yield point
 
 
 @pytest.fixture(scope="module")
@@ -206,3 +213,37 @@ async def test_a_disk_that_fills_during_the_pulls_fails_fast_cancels_the_queue_a
     events, error = await asyncio.wait_for(apply(agent, SetSpec("web", 3, (workload["oci"], big[0]))), APPLY_BOUND)
     assert error is None, error
     assert {workload["oci"], big[0]} <= fullnode.pinned_images()
+
+
+@pytest.mark.timeout(120)
+async def test_a_full_disk_under_the_agents_state_fails_the_apply_clearly_and_changes_nothing(
+        make_agent, fullnode, workload, tmp_path):
+    """On a node the agent's state (/var/lib/pinsvc) shares the disk that fills up."""
+    with mounted_tmpfs(tmp_path / "state-fs", 1 * MiB) as statefs:
+        agent = make_agent(**{"state-dir": str(statefs / "state"), "space-enabled": False})
+        events, error = await asyncio.wait_for(apply(agent, SetSpec("web", 1, (workload["oci"],))), APPLY_BOUND)
+        assert error is None, error
+        before = dropin_bytes(fullnode), node_images(fullnode)
+        filler = statefs / "filler"
+        with open(filler, "wb", buffering=0) as f:  # fill the disk
+            with contextlib.suppress(OSError):
+                while True:
+                    f.write(b"\0" * (64 << 10))
+        events, error = await asyncio.wait_for(
+            apply(agent, SetSpec("web", 2, (workload["oci"], workload["app-a"]))), APPLY_BOUND)
+        assert error is not None and error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error
+        assert "state file" in error.details() and "no space left on device" in error.details(), error.details()
+        assert (dropin_bytes(fullnode), node_images(fullnode)) == before, "nothing pulled or written"
+        async with agent.client() as client:  # status (not persisted) says why
+            status = await client.status()
+        degraded = condition(status, "PinnedImageSetsDegraded")
+        assert degraded.status == "True" and "no space left on device" in degraded.message
+        assert condition(status, "PinnedImageSetsProgressing").status == "False"
+        assert set_status(status, "web").current_generation == 1
+        print(f"state dir on a full disk: {error.code().name}: {error.details()}")
+        filler.unlink()  # space again: the same Apply converges
+        events, error = await asyncio.wait_for(
+            apply(agent, SetSpec("web", 2, (workload["oci"], workload["app-a"]))), APPLY_BOUND)
+        assert error is None, error
+        assert {workload["oci"], workload["app-a"]} <= fullnode.pinned_images()
+        agent.stop()
