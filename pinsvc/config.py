@@ -95,6 +95,7 @@ class Settings:
     node_name: str = _f(socket.gethostname(), "name of this node in status")
     cri_endpoint: str = _f("unix:///var/run/crio/crio.sock", "CRI endpoint of the runtime")
     cri_timeout_seconds: float = _f(10.0, "bound of one CRI call other than PullImage")
+    cri_connect_wait_seconds: float = _f(2.0, "how long a CRI call first waits for the runtime's socket to connect (again, e.g. after a restart) before failing as unreachable (0 = fail at once)")
     state_dir: Path = _f(Path("/var/lib/pinsvc"), "where the state file and manifest cache live")
     log_level: str = _f("info", "debug, info, warning or error")
     log_format: str = _f("text", "text, or json (one object a line, with the trace id of a traced request)")
@@ -235,6 +236,8 @@ def validate(s: Settings) -> None:
         problems.append(f"pull.max_attempts {s.pull.max_attempts} must be >= 1")
     if not s.verify.drift_interval_seconds >= 0:
         problems.append(f"verify.drift_interval_seconds {s.verify.drift_interval_seconds} must be >= 0 (0 = off)")
+    if not s.cri_connect_wait_seconds >= 0:
+        problems.append(f"cri_connect_wait_seconds {s.cri_connect_wait_seconds} must be >= 0 (0 = no wait)")
     if s.space.decompression_factor <= 0:
         problems.append(f"space.decompression_factor {s.space.decompression_factor} must be > 0")
     if not 0 < s.space.max_usage_percent <= 100:

@@ -9,6 +9,7 @@ is a short, bounded name of the kind of failure (metrics labels, span attributes
 from __future__ import annotations
 
 import asyncio
+import errno
 
 import grpc
 
@@ -149,6 +150,16 @@ def error_class(error: BaseException | None) -> str:
     if isinstance(error, TimeoutError):
         return "timeout"
     return "other"
+
+
+def from_os_error(what: str, e: OSError) -> PinsvcError:
+    """An OSError on one of pinsvc's own files (`what` names it): NoSpaceLeft when its disk
+    is full, else StateError; the cause is kept by the caller (`raise ... from e`)."""
+    if e.errno == errno.ENOSPC:
+        return NoSpaceLeft(f"cannot write {what}: no space left on device")
+    if e.errno == errno.EDQUOT:
+        return NoSpaceLeft(f"cannot write {what}: no space left on device (disk quota exceeded)")
+    return StateError(f"cannot write {what}: {e.strerror or e}")
 
 
 def parts(error: BaseException | None) -> list[BaseException]:

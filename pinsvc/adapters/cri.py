@@ -3,10 +3,16 @@
 The only module that speaks `runtime.v1`. It returns plain model types and converts gRPC
 errors into pinsvc's error tree once, classifying pull failures by what the runtime says
 (CRI-O reports registry failures as UNKNOWN with the cause in the message).
+
+After the runtime restarts, the channel reconnects with a backoff (up to ~1.2 s): a call in
+that window would fail at once although the runtime is back. So every call first waits,
+for at most `connect_wait` seconds, until the channel is connected; when the runtime is
+really gone the call then fails as unreachable, that much later.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from dataclasses import dataclass
@@ -21,6 +27,8 @@ from pinsvc.model import RuntimeImage
 log = logging.getLogger("pinsvc.cri")
 
 _MAX_MESSAGE = 64 << 20  # ListImages on a busy node is large
+_FS_INFO_ATTEMPTS = 5
+_FS_INFO_RETRY_SECONDS = 0.05  # times the attempt number
 
 # Phrases of runtime error messages (lower case). HTTP status codes are matched as whole
 # numbers only, never inside a port or a digest (":43401" is not a 401).
@@ -51,9 +59,10 @@ def target(endpoint: str) -> str:
 class CriClient:
     """ImageService calls with plain types in and out."""
 
-    def __init__(self, endpoint: str, *, timeout: float = 10.0):
+    def __init__(self, endpoint: str, *, timeout: float = 10.0, connect_wait: float = 2.0):
         self.endpoint = endpoint
         self.timeout = timeout or None
+        self.connect_wait = connect_wait
         self._channel = grpc.aio.insecure_channel(target(endpoint), interceptors=tracing.client_interceptors(), options=[
             ("grpc.max_receive_message_length", _MAX_MESSAGE),
             # Reconnect quickly after a runtime restart.
@@ -66,8 +75,21 @@ class CriClient:
     async def close(self) -> None:
         await self._channel.close()
 
+    async def _ready(self) -> None:
+        """Waits up to `connect_wait` seconds for a connected channel (a reconnect after a
+        runtime restart). Never raises: if the runtime does not answer, the call that
+        follows fails as unreachable."""
+        if self.connect_wait <= 0 or self._channel.get_state(try_to_connect=True) == grpc.ChannelConnectivity.READY:
+            return
+        try:
+            async with asyncio.timeout(self.connect_wait):
+                await self._channel.channel_ready()
+        except TimeoutError:
+            log.debug("container runtime at %s: not connected after %gs", self.endpoint, self.connect_wait)
+
     async def image_status(self, image: str) -> RuntimeImage | None:
         """The image, or None when the runtime does not have it."""
+        await self._ready()
         try:
             resp = await self._stub.ImageStatus(
                 api_pb2.ImageStatusRequest(image=api_pb2.ImageSpec(image=image)), timeout=self.timeout)
@@ -78,6 +100,7 @@ class CriClient:
         return _image(resp.image) if resp.HasField("image") and resp.image.id else None
 
     async def list_images(self) -> list[RuntimeImage]:
+        await self._ready()
         try:
             resp = await self._stub.ListImages(api_pb2.ListImagesRequest(), timeout=self.timeout)
         except grpc.aio.AioRpcError as e:
@@ -91,6 +114,7 @@ class CriClient:
         request = api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=image))
         if credentials is not None:
             request.auth.CopyFrom(_auth(credentials))
+        await self._ready()
         try:
             resp = await self._stub.PullImage(request, timeout=timeout)
         except grpc.aio.AioRpcError as e:
@@ -98,6 +122,7 @@ class CriClient:
         return resp.image_ref
 
     async def remove(self, image: str) -> None:
+        await self._ready()
         try:
             await self._stub.RemoveImage(
                 api_pb2.RemoveImageRequest(image=api_pb2.ImageSpec(image=image)), timeout=self.timeout)
@@ -106,12 +131,23 @@ class CriClient:
                 raise self._error(e, f"RemoveImage {image}") from e
 
     async def image_fs(self) -> list[FsUsage]:
-        """The image filesystems: mountpoint and used bytes (never free bytes)."""
-        try:
-            resp = await self._stub.ImageFsInfo(api_pb2.ImageFsInfoRequest(), timeout=self.timeout)
-        except grpc.aio.AioRpcError as e:
-            raise self._error(e, "ImageFsInfo") from e
-        return [FsUsage(fs.fs_id.mountpoint, fs.used_bytes.value) for fs in resp.image_filesystems]
+        """The image filesystems: mountpoint and used bytes (never free bytes).
+
+        CRI-O computes the used bytes by walking its image store, and fails the call when a
+        temp file of a concurrent pull vanishes under the walk (UNKNOWN "lstat ...: no such
+        file or directory"); that race is retried a few times."""
+        for attempt in range(1, _FS_INFO_ATTEMPTS + 1):
+            await self._ready()
+            try:
+                resp = await self._stub.ImageFsInfo(api_pb2.ImageFsInfoRequest(), timeout=self.timeout)
+            except grpc.aio.AioRpcError as e:
+                if attempt < _FS_INFO_ATTEMPTS and _walk_race(e):
+                    log.debug("ImageFsInfo raced with a pull (attempt %d): %s", attempt, e.details())
+                    await asyncio.sleep(_FS_INFO_RETRY_SECONDS * attempt)
+                    continue
+                raise self._error(e, "ImageFsInfo") from e
+            return [FsUsage(fs.fs_id.mountpoint, fs.used_bytes.value) for fs in resp.image_filesystems]
+        raise AssertionError("unreachable")
 
     def _error(self, e: grpc.aio.AioRpcError, what: str) -> errors.PinsvcError:
         code = e.code()
@@ -125,6 +161,11 @@ class CriClient:
                                                        grpc.StatusCode.ABORTED))
 
 
+def _walk_race(e: grpc.aio.AioRpcError) -> bool:
+    """ImageFsInfo failed because a file vanished while CRI-O walked its image store."""
+    return e.code() == grpc.StatusCode.UNKNOWN and "no such file or directory" in (e.details() or "")
+
+
 def pull_error(image: str, e: grpc.aio.AioRpcError) -> errors.PinsvcError:
     """Classifies a failed PullImage by its status code and the runtime's message."""
     code, details = e.code(), (e.details() or "").strip()
@@ -135,7 +176,7 @@ def pull_error(image: str, e: grpc.aio.AioRpcError) -> errors.PinsvcError:
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return errors.Timeout(f"pull {image}: timed out in the runtime")
     if _NO_SPACE.search(text):
-        return errors.NoSpaceLeft(f"pull {image}: no space left on device in the runtime's storage")
+        return errors.NoSpaceLeft(f"pull {image}: no space left on device in the runtime's storage ({details})")
     if _NETWORK.search(text):
         return errors.RegistryError(cause, retryable=True)
     if code == grpc.StatusCode.NOT_FOUND or _NOT_FOUND.search(text):

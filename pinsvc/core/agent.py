@@ -143,7 +143,8 @@ class Agent:
                         crio_binary=settings.dropin.crio_binary,
                         crio_config=settings.dropin.crio_config)
         socket = settings.cri_endpoint.removeprefix("unix://").removeprefix("unix:")
-        return cls(settings, cri=CriClient(settings.cri_endpoint, timeout=settings.cri_timeout_seconds),
+        return cls(settings, cri=CriClient(settings.cri_endpoint, timeout=settings.cri_timeout_seconds,
+                                                connect_wait=settings.cri_connect_wait_seconds),
                    registry=registry, secret=secret, dropin=dropin,
                    reloader=Reloader(settings.reload, cri_socket=socket), store=StateStore(settings.state_dir),
                    metrics=metrics)
@@ -231,8 +232,8 @@ class Agent:
         self._record_desired(sets)
         self.state.set_condition(PROGRESSING, "True", "ImagePrefetch",
                                  f"node is prefetching images: {self.settings.node_name}")
-        await self._save()
         try:
+            await self._save()  # e.g. a full disk: fails here, before anything is pulled
             self._check_dropin_conflicts()
             images = union(sets)
             listed = await self.cri.list_images()

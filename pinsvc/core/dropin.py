@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import tomlkit
 
-from pinsvc.errors import Conflict, InvalidArgument, StateError, Timeout
+from pinsvc.errors import Conflict, InvalidArgument, StateError, Timeout, from_os_error
 
 if TYPE_CHECKING:
     from pinsvc.config import Settings
@@ -314,16 +314,22 @@ class Dropin:
         refs = _sorted_unique(images)
         content = render_dropin(refs).encode()
         async with self._lock:
-            if not refs:
-                return await _in_thread(self._remove_sync)
-            abort = threading.Event()
-            return await _in_thread(self._write_sync, content, abort, abort=abort)
+            try:
+                if not refs:
+                    return await _in_thread(self._remove_sync)
+                abort = threading.Event()
+                return await _in_thread(self._write_sync, content, abort, abort=abort)
+            except OSError as e:
+                raise from_os_error(f"the drop-in {self.path}", e) from e
 
     async def restore(self, previous: bytes | None) -> None:
         """Puts `previous` (a WriteResult.previous) back atomically, or removes the file when
         it is None. No validation: it is what was there before."""
         async with self._lock:
-            await _in_thread(self._restore_sync, previous)
+            try:
+                await _in_thread(self._restore_sync, previous)
+            except OSError as e:
+                raise from_os_error(f"the drop-in {self.path} (restoring the previous one)", e) from e
 
     def _write_sync(self, content: bytes, abort: threading.Event) -> WriteResult:
         self.check_writable()

@@ -110,5 +110,8 @@ class StateStore:
         """Atomic and durable; blocking (call through asyncio.to_thread)."""
         doc = {"version": VERSION, **asdict(state)}
         data = json.dumps(doc, indent=1, sort_keys=True).encode()
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        write_atomic(self.path, data)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            write_atomic(self.path, data)
+        except OSError as e:
+            raise errors.from_os_error(f"the state file {self.path}", e) from e

@@ -45,10 +45,11 @@ _RELOAD_MARKERS = ("Reloading configuration", "Set config ", RELOAD_COMPLETED, R
 _SUN_PATH_MAX = 107  # sockaddr_un.sun_path is 108 bytes including the NUL
 _STOP_GRACE_S = 5.0
 
-# Every CRI-O process started here and its root, so that none outlives the interpreter
+# Every CRI-O process started here and the directories its mounts may be left under (its
+# root, and its storage when that lives elsewhere), so that none outlives the interpreter
 # (tests that crash or forget stop()). Popen objects, not Crio objects: they must not be
 # collected.
-_live: dict[subprocess.Popen, Path] = {}
+_live: dict[subprocess.Popen, tuple[Path, ...]] = {}
 
 _MNT_DETACH = 2
 
@@ -66,11 +67,14 @@ def mounts_under(root: Path) -> list[Path]:
     return sorted(found, key=lambda p: len(p.parts), reverse=True)
 
 
-def unmount_under(root: Path) -> list[Path]:
-    """Detach every mount at or below `root`; returns what was unmounted."""
+def unmount_under(root: Path, *, keep_root: bool = False) -> list[Path]:
+    """Detach every mount at or below `root` (only below with `keep_root`); returns what
+    was unmounted."""
     libc = ctypes.CDLL(None, use_errno=True)
     done = []
     for point in mounts_under(root):
+        if keep_root and point == root:
+            continue
         if libc.umount2(os.fsencode(point), _MNT_DETACH) == 0:
             done.append(point)
         else:
@@ -78,13 +82,21 @@ def unmount_under(root: Path) -> list[Path]:
     return done
 
 
+def _unmount_leftovers(root: Path, storage: Path | None = None) -> None:
+    """Unmounts what CRI-O left under its root and, below (not at) a storage directory
+    outside it (that one may be the caller's own mount, e.g. a small tmpfs)."""
+    unmount_under(root)
+    if storage is not None:
+        unmount_under(storage, keep_root=True)
+
+
 @atexit.register
 def _kill_leftovers() -> None:
-    for proc, root in list(_live.items()):
+    for proc, roots in list(_live.items()):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        unmount_under(root)
+        _unmount_leftovers(*roots)
 
 
 class CrioError(RuntimeError):
@@ -146,9 +158,12 @@ class Crio:
     """One CRI-O instance whose whole state lives under `root`.
 
     `registries` are `host:port` registries CRI-O may use over plain HTTP.
+    `storage_dir` (default `root/storage`) is containers/storage's graphroot, where image
+    layers are unpacked: e.g. a small filesystem of the caller's to fill the disk. It is
+    never unmounted itself (`stop()` unmounts only what CRI-O mounted below it).
     `storage_driver` "overlay" falls back to "vfs" (logged, see `storage_fallback_reason`)
-    when an overlay mount does not work under `root`. `extra_config` is TOML merged into
-    the generated crio.conf (tables merge, values replace).
+    when an overlay mount does not work under `root` (or `storage_dir`). `extra_config` is
+    TOML merged into the generated crio.conf (tables merge, values replace).
     """
 
     def __init__(
@@ -160,8 +175,10 @@ class Crio:
         binary: Path | None = None,
         crictl: Path | None = None,
         extra_config: str = "",
+        storage_dir: Path | None = None,
     ):
         self.root = Path(root).resolve()  # as /proc/self/mountinfo shows it
+        self._storage_dir = Path(storage_dir).resolve() if storage_dir is not None else None
         self.registries = list(registries)
         self.binary = Path(binary) if binary else bin_path("crio")
         self.crictl_binary = Path(crictl) if crictl else bin_path("crictl")
@@ -172,8 +189,10 @@ class Crio:
         self.root.mkdir(parents=True, exist_ok=True)
         self.storage_fallback_reason: str | None = None
         self.storage_driver = storage_driver
+        if self._storage_dir is not None:
+            self._storage_dir.mkdir(parents=True, exist_ok=True)
         if storage_driver == "overlay":
-            reason = overlay_unsupported_reason(self.root)
+            reason = overlay_unsupported_reason(self._storage_dir or self.root)
             if reason:
                 log.warning("CRI-O in %s: using vfs instead of overlay: %s", self.root, reason)
                 self.storage_fallback_reason = reason
@@ -218,7 +237,15 @@ class Crio:
 
     @property
     def storage_root(self) -> Path:
-        return self.root / "storage"
+        return self._storage_dir or self.root / "storage"
+
+    @property
+    def _mount_roots(self) -> tuple[Path, ...]:
+        """Where CRI-O's mounts may be left: its root, and its storage when outside it."""
+        storage = self.storage_root
+        if storage == self.root or self.root in storage.parents:
+            return (self.root,)
+        return (self.root, storage)
 
     @property
     def pid(self) -> int | None:
@@ -240,7 +267,7 @@ class Crio:
         run = self._dir("run")
         conf: dict[str, Any] = {
             "crio": {
-                "root": self._dir("storage"),
+                "root": self._dir("storage") if self._storage_dir is None else str(self._storage_dir),
                 "runroot": self._dir("run", "storage"),
                 "storage_driver": self.storage_driver,
                 "log_dir": self._dir("pod-logs"),
@@ -368,7 +395,7 @@ class Crio:
                 env=self._env(),
                 start_new_session=True,  # a Ctrl-C meant for the tests must not reach it
             )
-        _live[self._proc] = self.root
+        _live[self._proc] = self._mount_roots
         self.pidfile.write_text(f"{self._proc.pid}\n")
         deadline = t0 + timeout if timeout > 0 else float("inf")
         last_error = "socket not created"
@@ -417,7 +444,7 @@ class Crio:
             self.stop_seconds = time.monotonic() - t0
             status = proc.returncode
         self._forget(proc)
-        unmount_under(self.root)
+        _unmount_leftovers(*self._mount_roots)
         return status
 
     def kill(self) -> None:

@@ -78,6 +78,14 @@ def auth_registry(peers_root):
 
 
 @pytest.fixture(scope="session")
+def jaeger(peers_root):
+    """A real Jaeger (OTLP/gRPC in, query API out, in memory, loopback only)."""
+    from pinsvc.devenv.jaeger import Jaeger
+    with Jaeger(peers_root / "jaeger") as j:
+        yield j
+
+
+@pytest.fixture(scope="session")
 def crio(peers_root, registry, auth_registry):
     node = Crio(peers_root / "crio", registries=[registry.host, auth_registry.host])
     node.start()

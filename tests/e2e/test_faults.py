@@ -348,9 +348,10 @@ CRIO_KILL = {
     # backoffs (0.3 s doubling to 1 s, 8 attempts) outlast CRI-O's ~1.2 s absence
     "retries-outlast-restart": {"pull-max-attempts": "8", "pull-backoff-initial-seconds": "0.3",
                                 "pull-backoff-max-seconds": "1"},
-    # 2 attempts 0.1 s apart are spent before CRI-O is back: the Apply fails, clearly
+    # 2 attempts 0.1 s apart, not waiting for a reconnect, are spent before CRI-O is back:
+    # the Apply fails, clearly
     "retries-exhausted": {"pull-max-attempts": "2", "pull-backoff-initial-seconds": "0.1",
-                          "pull-backoff-max-seconds": "0.1"},
+                          "pull-backoff-max-seconds": "0.1", "cri-connect-wait-seconds": "0"},
 }
 
 
@@ -394,8 +395,8 @@ async def test_crio_killed_during_pulls_and_restarted_the_agent_reconnects_and_c
         assert condition(status, "PinnedImageSetsDegraded").status == "True"
         assert dropin_bytes(fnode) is None, "nothing pinned"
     # The agent reconnects (its CRI channel retries the socket with a backoff of at most
-    # 1 s: a call inside that window fails fast with "not reachable" although CRI-O is
-    # back), then the next Apply converges.
+    # ~1.2 s; without cri-connect-wait-seconds a call inside that window fails fast with
+    # "not reachable" although CRI-O is back), then the next Apply converges.
     reconnected = await wait_reconnected(agent, refs["oci"], bound=5)
     events2, error2, took2 = await bounded_apply(agent, SetSpec("web", 1, wanted))
     assert error2 is None, error2
@@ -408,6 +409,31 @@ async def test_crio_killed_during_pulls_and_restarted_the_agent_reconnects_and_c
     print(f"CRI-O killed mid-pull ({case}), back after {restarted_after:.2f}s; first Apply {took:.2f}s "
           f"{outcome}; {len(retrying)} retries, causes {causes}; agent's CRI calls work again "
           f"{reconnected:.2f}s after CRI-O was back; next Apply {took2:.2f}s")
+
+
+@pytest.mark.timeout(90)
+async def test_an_apply_right_after_a_crio_restart_waits_for_the_reconnect_and_succeeds(make_agent, fnode, refs):
+    """While CRI-O was down a status call found it unreachable, so the agent's CRI channel
+    reconnects with a backoff (up to ~1.2 s). The Apply sent right after CRI-O is back waits
+    for that reconnect (`--cri-connect-wait-seconds`, 2 s) instead of failing as unreachable."""
+    agent = make_agent()
+    await pin_generation_one(agent, refs, fnode)
+    fnode.kill()
+    async with agent.client() as client:
+        t0 = time.monotonic()
+        status = await client.status()
+        waited = time.monotonic() - t0
+    assert waited >= 1.9, f"the status waited the connect bound for the gone runtime: {waited:.2f}s"
+    web = set_status(status, "web")
+    assert web.current_generation == 1 and not any(i.pinned for i in status.images), "stored status, no live pins"
+    await asyncio.sleep(1.5)  # the channel's reconnect backoff reaches its maximum
+    await asyncio.to_thread(fnode.start)
+    wanted = (refs["oci"], refs["app-a"])
+    events, error, took = await bounded_apply(agent, SetSpec("web", 2, wanted))
+    assert error is None, error
+    assert set(wanted) <= fnode.pinned_images()
+    assert set_status(final_status(events), "web").current_generation == 2
+    print(f"Apply right after a CRI-O restart: {took:.2f}s; status while CRI-O was down took {waited:.2f}s")
 
 
 # ---- reloads that do not take effect -----------------------------------------------------------

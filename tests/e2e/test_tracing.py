@@ -14,16 +14,10 @@ import yaml
 from pinsvc.devenv import images as fixture_images
 from pinsvc.devenv.agent import AgentProcess
 from pinsvc.devenv.crio import Crio
-from pinsvc.devenv.jaeger import Jaeger, spans
+from pinsvc.devenv.jaeger import spans
 from tests.e2e.conftest import AUTH_PASSWORD, AUTH_USER
 
 MISSING = "sha256:" + "ab" * 32
-
-
-@pytest.fixture(scope="module")
-def jaeger(peers_root):
-    with Jaeger(peers_root / "jaeger") as j:
-        yield j
 
 
 @pytest.fixture(scope="module")

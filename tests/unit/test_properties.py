@@ -550,7 +550,7 @@ def node(tmp_path_factory):
     sock = root / "run/pinsvc.sock"
     settings_ = config.build({
         (None, "node_name"): "fuzz", (None, "cri_endpoint"): f"unix://{root}/run/no-crio.sock",
-        (None, "cri_timeout_seconds"): 2.0, (None, "state_dir"): str(state_dir),
+        (None, "cri_timeout_seconds"): 2.0, (None, "cri_connect_wait_seconds"): 0, (None, "state_dir"): str(state_dir),
         ("server", "socket"): str(sock), ("dropin", "directory"): str(dropin_dir),
         ("dropin", "temp_dir"): str(temp_dir), ("dropin", "crio_binary"): "",
         ("dropin", "crio_config"): str(temp_dir / "crio.conf"), ("reload", "strategy"): "none",
