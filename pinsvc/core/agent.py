@@ -4,7 +4,8 @@ Order of work (each stage in its own module): validate -> space check -> pull wh
 missing -> write the drop-in (only once every image of a set is present) -> reload the
 runtime -> verify the pins through the CRI (restoring the previous drop-in when they do not
 hold). A set that fails keeps the pins of its last good generation, so a failed Apply never
-leaves a node worse than it was.
+leaves a node worse than it was; an agent started without state keeps the pins of the drop-in
+it finds (core/pins.py) until an Apply succeeds for every set.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pinsvc.adapters.registry import RegistryClient
 from pinsvc.config import Settings
 from pinsvc.core import drift
 from pinsvc.core.dropin import Dropin
+from pinsvc.core.pins import choose_pins, dropin_references
 from pinsvc.core.pull import Puller
 from pinsvc.core.reload import Reloader
 from pinsvc.core.space import SpaceChecker, find_present, present_in
@@ -124,6 +126,7 @@ class Agent:
         self.state: State = store.load()
         for leftover in dropin.remove_leftovers():
             log.warning("removed %s left by an interrupted write", leftover)
+        self._inherit_dropin()
         self.space = SpaceChecker(cri, registry, settings.space)
         self.puller = Puller(settings.pull, pull=self._pull_one, is_present=self._is_present)
         self._lock = asyncio.Lock()
@@ -304,14 +307,9 @@ class Agent:
         emit(StageEvent(StageKind.IMAGES_READY, f"{ready} of {len(union(run.sets))} images present"))
 
     def _pins(self, run: _Run) -> list[str]:
-        """Images of the sets that succeeded, plus the last good images of those that did not."""
-        pins: set[str] = set()
-        for s in run.sets:
-            if any(i in run.failed for i in s.images):
-                pins.update(self.state.sets[s.name].current_images)
-            else:
-                pins.update(s.images)
-        return sorted(pins)
+        """Images of the sets that succeeded, plus the last good images of those that did not
+        and, when any did not, the inherited pins."""
+        return choose_pins(run.sets, run.failed, self.state.sets, self.state.inherited)
 
     async def _pin(self, run: _Run, pins: list[str], emit: Emit) -> None:
         """Writes the drop-in, reloads and verifies; restores the old drop-in on failure."""
@@ -413,10 +411,42 @@ class Agent:
         self._keep_images()
 
     def _keep_images(self) -> None:
-        """Image records of the desired sets and of each set's last good generation (still
-        pinned while a newer generation is not through); the others are dropped."""
+        """Image records of the desired sets, of each set's last good generation (still
+        pinned while a newer generation is not through) and of the inherited pins; the others
+        are dropped."""
         keep = [i for s in self.state.sets.values() for i in (*s.images, *s.current_images)]
+        keep += self.state.inherited
         self.state.images = {i: self.state.images.get(i) or ImageState() for i in dict.fromkeys(keep)}
+
+    def _inherit_dropin(self) -> None:
+        """With no state (no set, nothing pinned), adopts the references of a drop-in pinsvc
+        wrote as inherited pins (core/pins.py) and records them at once, so that a restart
+        before the next successful Apply keeps them too."""
+        if self.state.inherited:
+            log.info("keeping %d pins inherited from %s (recorded in the state) until an Apply succeeds",
+                     len(self.state.inherited), self.dropin.path)
+        if self.state.sets or self.state.pinned or self.state.inherited:
+            return
+        try:
+            content = self.dropin.read()
+        except OSError as e:
+            log.warning("cannot read %s to keep its pins: %s", self.dropin.path, e)
+            return
+        inherited, left_out = dropin_references(content)
+        if left_out:
+            log.warning("%s lists values pinsvc does not pin; not keeping them: %s",
+                        self.dropin.path, ", ".join(left_out))
+        if not inherited:
+            return
+        self.state.inherited, self.state.pinned = inherited, inherited
+        for image in inherited:
+            self._image(image).phase = "pinned"
+        log.warning("state missing; keeping %d pins from %s until an Apply succeeds",
+                    len(inherited), self.dropin.path)
+        try:
+            self.store.save(self.state)  # at startup, before serving: blocking is fine
+        except errors.PinsvcError as e:
+            log.warning("the inherited pins are kept in memory only: %s", e)
 
     def _image(self, image: str) -> ImageState:
         return self.state.images.setdefault(image, ImageState())
@@ -440,11 +470,17 @@ class Agent:
                 record.last_failed_generation, record.last_failed_generation_error = 0, ""
         if failed_sets or run.error:
             detail = "; ".join(self.state.sets[n].last_failed_generation_error for n in failed_sets)
+            kept = (f" (keeping the {len(self.state.inherited)} pins inherited from {self.dropin.path} "
+                    f"until an Apply succeeds for every set)" if self.state.inherited else "")
             self.state.set_condition(DEGRADED, "True", "PrefetchFailed", truncate_error(
-                f"pinned image sets failed: {', '.join(failed_sets)}: {detail}" if failed_sets
-                else str(run.error)))
+                (f"pinned image sets failed: {', '.join(failed_sets)}: {detail}" if failed_sets
+                 else str(run.error)) + kept))
         else:
             self.state.set_condition(DEGRADED, "False", "AsExpected", "All is good")
+            if self.state.inherited:
+                log.info("every set is pinned and verified: dropping the %d pins inherited from %s",
+                            len(self.state.inherited), self.dropin.path)
+                self.state.inherited = []
         self.state.set_condition(PROGRESSING, "False", "AsExpected", "All pinned image sets complete")
         self._keep_images()
         await self._save()

@@ -69,6 +69,9 @@ class State:
     conditions: dict[str, Condition] = field(default_factory=dict)
     pinned: list[str] = field(default_factory=list)  # what the drop-in pins now
     repairs: list[DriftRepair] = field(default_factory=list)  # most recent last
+    # Pins of a drop-in of ours found with no state (core/pins.py), kept through failed
+    # Applies until one succeeds for every set. Absent from files of older agents.
+    inherited: list[str] = field(default_factory=list)
 
     def set_condition(self, type: str, status: str, reason: str, message: str) -> None:
         old = self.conditions.get(type)
@@ -104,6 +107,7 @@ class StateStore:
             conditions={k: Condition(**v) for k, v in doc.get("conditions", {}).items()},
             pinned=list(doc.get("pinned", [])),
             repairs=[DriftRepair(**r) for r in doc.get("repairs", [])],
+            inherited=list(doc.get("inherited", [])),
         )
 
     def save(self, state: State) -> None:
