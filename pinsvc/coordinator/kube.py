@@ -12,6 +12,7 @@ Lists are read in pages of `PAGE_SIZE`. Tokens and certificates are never logged
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Callable
@@ -112,7 +113,9 @@ def read(source: KubeSource = KubeSource()) -> list[tuple[str, dict]]:
         core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
 
         def nodes(**kwargs) -> dict:
-            return api.sanitize_for_serialization(core.list_node(**kwargs))
+            # the raw JSON, not the client's typed models: those reject nodes whose fields
+            # they do not know or miss (seen: V1NodeSystemInfo validation errors)
+            return json.loads(core.list_node(_preload_content=False, **kwargs).data)
 
         def custom_list(version: str, plural: str) -> Callable[..., dict]:
             return lambda **kwargs: custom.list_cluster_custom_object(MCO_GROUP, version, plural, **kwargs)
