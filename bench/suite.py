@@ -13,7 +13,7 @@ everything, no drop-in, reload, sync):
   W100   SEQ, PAR-k (k = 1 2 3 5 8 10), MCO-like (+ its no-op re-run in the first run),
          pinsvc end to end (+ no-op re-run), and pinctl over 3 real nodes
   W500   space check: pinsvc CheckSpace (cold and warm) vs serial inspection;
-         pulls: PAR-5, PAR-10 and pinsvc end to end (per-image overhead)
+         pulls: PAR-5 and pinsvc end to end (per-image overhead)
   WBIG   1 layer and 4 layers: PAR-k (k = 1 2 3) and pinsvc end to end
 
 Writes bench/results/results.json, bench/results/*.png and docs/benchmarks.md.
@@ -63,7 +63,7 @@ class Plan:
     cluster: bool
 
 
-FULL = Plan(3, 100, (1, 2, 3, 5, 8, 10), 500, (5, 10), 3, workloads.GiB, (1, 2, 3), True)
+FULL = Plan(3, 100, (1, 2, 3, 5, 8, 10), 500, (5,), 3, workloads.GiB, (1, 2, 3), True)
 QUICK = Plan(1, 12, (1, 5), 40, (5,), 2, 32 * workloads.MiB, (1, 2), True)
 WORKLOADS = ("W100", "W500", "WBIG", "CLUSTER")
 
@@ -147,6 +147,22 @@ class Suite:
             {"timeline": run["timeline"]} if self.args.keep_timelines and "timeline" in run else {})))
         say(f"  {workload} {name}: {run['seconds']:.2f} s" +
             (f" (no-op {run['noop_seconds']:.3f} s)" if run.get("noop_seconds") is not None else ""))
+        self.checkpoint()
+
+    def checkpoint(self) -> None:
+        """Everything measured so far, to `results.partial.json` (a report can be made from
+        it with `python -m bench.report` should the run not finish)."""
+        self.finish()
+        self.args.out.mkdir(parents=True, exist_ok=True)
+        (self.args.out / "results.partial.json").write_text(json.dumps(self.results, indent=1) + "\n")
+
+    def finish(self) -> None:
+        for workload in self.results["workloads"].values():
+            for entry in workload.get("methods", {}).values():
+                entry["summary"] = _round(summarize(entry["runs"]))
+        meta = self.results["meta"]
+        meta["wall_seconds"] = round(time.perf_counter() - self.t_start, 1)
+        meta["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
 
     async def pull_methods(self, node: Node, workload: str, ks: tuple[int, ...], *, seq: bool, mco: bool,
                            runs: int) -> None:
@@ -168,7 +184,7 @@ class Suite:
         await node.reset()
 
     async def run(self) -> dict:
-        t_start = time.perf_counter()
+        self.t_start = time.perf_counter()
         started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         registry = Registry(workloads.registry_root())
         self.resources["registry"] = registry
@@ -179,6 +195,11 @@ class Suite:
         machine = machine_facts(crio)
         say(f"registry {registry.host}, CRI-O {machine['crio_version']} ({crio.storage_driver}); plan {self.plan}")
         p, only = self.plan, self.args.only
+        self.results["meta"] = {
+            "started_utc": started, "wall_seconds": None, "quick": self.args.quick, "runs": p.runs,
+            "plan": p.__dict__, "machine": machine, "pinsvc_parallelism": PINSVC_PARALLELISM,
+            "command": " ".join(sys.argv),
+        }
         wanted = {
             "W100": lambda: workloads.w100(registry.host, p.w100_images),
             "W500": lambda: workloads.w500(registry.host, p.w500_images),
@@ -198,15 +219,8 @@ class Suite:
             await self._measure(node, crio, registry, loaded)
         finally:
             await node.close()
-        for workload in self.results["workloads"].values():
-            for entry in workload.get("methods", {}).values():
-                entry["summary"] = _round(summarize(entry["runs"]))
-        machine["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
-        self.results["meta"] = {
-            "started_utc": started, "wall_seconds": round(time.perf_counter() - t_start, 1),
-            "quick": self.args.quick, "runs": p.runs, "plan": p.__dict__, "machine": machine,
-            "pinsvc_parallelism": PINSVC_PARALLELISM, "command": " ".join(sys.argv),
-        }
+        self.finish()
+        (self.args.out / "results.partial.json").unlink(missing_ok=True)
         return self.results
 
     async def _measure(self, node: Node, crio: Crio, registry: Registry, loaded: dict) -> None:
@@ -220,6 +234,7 @@ class Suite:
                 say(f"  W500 space check run {r + 1}: {space_runs[-1]}")
             self.results["workloads"]["W500"]["space_check"] = {"runs": space_runs, "summary": {
                 k: statistics.median([s[k] for s in space_runs]) for k in space_runs[0]}}
+            self.checkpoint()
         if "W100" in loaded and "W100" in self.args.only:
             node.refs = list(loaded["W100"].refs)
             await self.pull_methods(node, "W100", p.w100_ks, seq=True, mco=True, runs=p.runs)
