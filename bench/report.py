@@ -109,23 +109,25 @@ def plot_time_vs_k(results: dict, workloads: list[str], path: Path, title: str) 
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     styles = {"SEQ": ("k", ":"), "MCO-like": ("#c44e52", "--"), "pinsvc": ("#4c72b0", "-"),
               "pinctl-3-nodes": ("#8172b2", "-.")}
-    for i, w in enumerate(present):
+    for w in present:
         methods = _methods(results, w)
         par = _par(methods)
         ks = sorted(par)
         med = [par[k]["median"] for k in ks]
         err = [[par[k]["median"] - par[k]["min"] for k in ks], [par[k]["max"] - par[k]["median"] for k in ks]]
-        ax.errorbar(ks, med, yerr=err, marker="o", capsize=3, label=f"{w} PAR-k (direct CRI)")
+        bars = ax.errorbar(ks, med, yerr=err, marker="o", capsize=3, label=f"{w} PAR-k (direct CRI)")
         for name, (color, ls) in styles.items():
             if name in methods:
                 s = methods[name]["summary"]
                 lbl = f"{w} {name}" if len(present) > 1 else name
-                ax.axhline(s["median"], color=color, linestyle=ls, alpha=0.8 if i == 0 else 0.5,
-                           label=f"{lbl}: {s['median']:.1f} s")
-                if name == "pinsvc":
-                    ax.plot([results["meta"]["pinsvc_parallelism"]], [s["median"]], marker="*", color=color,
-                            markersize=12)
-    ax.set_xlabel("k (pulls in flight)")
+                if len(present) > 1:
+                    color = bars.lines[0].get_color()
+                ax.axhline(s["median"], color=color, linestyle=ls, alpha=0.8, label=f"{lbl}: {s['median']:.1f} s")
+                if name == "pinsvc":  # at the parallelism it pulled with
+                    k = min(results["meta"]["pinsvc_parallelism"], results["workloads"][w]["facts"]["images"])
+                    ax.plot([k], [s["median"]], marker="*", color=color, markersize=12)
+    ax.set_xticks(sorted({k for w in present for k in _par(_methods(results, w))}))
+    ax.set_xlabel("k (pulls in flight); star: pinsvc at its parallelism")
     ax.set_ylabel("seconds to present (and pinned), median; bars min-max")
     ax.set_title(f"{title}\n{_label(results)}", fontsize=10)
     ax.set_ylim(bottom=0)
@@ -260,6 +262,18 @@ def analysis(results: dict) -> list[str]:
         out.append(f"- MCO-like: serial space check {mp.get('space_check', 0):.2f} s; its pull phase "
                    f"{mp.get('pulls', 0):.2f} s is bounded below by the 1 s sleep after every task "
                    f"(images / 5 workers x 1 s).")
+    if e2e and "pinctl-3-nodes" in m:
+        c = m["pinctl-3-nodes"]["summary"]
+        out.append(f"- pinctl over 3 nodes: {c['median']:.2f} s = {c['median'] / e2e['median']:.2f}x one node's "
+                   "Apply, for 3 x the pulls on the same cores (pinctl's own start, pre-flight and status reads "
+                   "included).")
+    w5 = _methods(results, "W500")
+    if "pinsvc" in w5 and "PAR-5" in w5:
+        a, b = w5["pinsvc"]["summary"], w5["PAR-5"]["summary"]
+        n = results["workloads"]["W500"]["facts"]["images"]
+        out.append(f"- W500 per-image overhead: pinsvc {a['median']:.2f} s vs PAR-5 {b['median']:.2f} s "
+                   f"({a['median'] / b['median']:.2f}x), {1000 * (a['median'] - b['median']) / n:+.1f} ms per image "
+                   f"end to end, space check, drop-in, reload and verification included.")
     if e2e and e2e.get("space_plan") and e2e.get("disk_growth_bytes"):
         plan, growth = e2e["space_plan"], e2e["disk_growth_bytes"]
         out.append(f"- Disk: the estimate is 2 x the compressed bytes to fetch ({plan['compressed_bytes'] / MiB:.0f} MiB "
@@ -274,6 +288,19 @@ def analysis(results: dict) -> list[str]:
         out.append("- WBIG: with vfs the 4-layer images are written as 256 + 512 + 768 + 1024 MiB of layer copies "
                    "(2.5 GiB per image against 1 GiB for one layer), which dominates the difference.")
     return out + [""]
+
+
+def foreign_share(results: dict) -> float | None:
+    """The share of the machine's busy CPU, over every measurement, that belonged to none of
+    the measured processes (other workloads on the machine)."""
+    foreign = machine = 0.0
+    for workload in results["workloads"].values():
+        for entry in workload.get("methods", {}).values():
+            for run in entry["runs"]:
+                cpu = run.get("cpu_seconds", {})
+                foreign += cpu.get("foreign", 0.0)
+                machine += cpu.get("machine", 0.0)
+    return foreign / machine if machine else None
 
 
 def markdown(results: dict, plots: list[Path], docs: Path) -> str:
@@ -291,6 +318,9 @@ def markdown(results: dict, plots: list[Path], docs: Path) -> str:
         f"{mach['loadavg_start']}, at end {mach['loadavg_end']}. The whole run took {meta['wall_seconds']:.0f} s "
         f"({meta['runs']} run(s) per method{', QUICK smoke run: small workloads' if meta['quick'] else ''}).",
         "",
+        *([f"**Disturbed run**: {100 * share:.0f}% of the machine's busy CPU during the measurements belonged to "
+           "other workloads (see `foreign CPU s`); the absolute times are inflated and the ratios noisy. Rerun "
+           "on a quiet machine for figures to quote.", ""] if (share := foreign_share(results) or 0) > 0.1 else []),
         "Absolute times are from this machine only; compare the ratios, all measured in the same run against "
         "the same CRI-O and registry. `foreign CPU s` is the machine's busy CPU during a measurement that "
         "belongs to none of the processes involved (other workloads): when it is not ~0, the figures are "
