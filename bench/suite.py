@@ -268,12 +268,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--storage-driver", default="vfs", choices=("vfs", "overlay"))
     parser.add_argument("--only", default=",".join(WORKLOADS),
                         help=f"comma-separated subset of {','.join(WORKLOADS)} (default all)")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="results directory (default bench/results)")
-    parser.add_argument("--docs", type=Path, default=REPO / "docs" / "benchmarks.md",
-                        help="report to regenerate (default docs/benchmarks.md; '-' = none)")
+    parser.add_argument("--out", type=Path,
+                        help="results directory (default bench/results; with --quick bench/results/quick)")
+    parser.add_argument("--docs", type=Path,
+                        help="report to regenerate (default docs/benchmarks.md; with --quick "
+                             "bench/results/quick/benchmarks.md, so a smoke run never replaces the report; '-' = none)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs) after the run")
     parser.add_argument("--keep-timelines", action="store_true", help="store every Apply's event timeline")
     args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = RESULTS / "quick" if args.quick else RESULTS
+    if args.docs is None:
+        args.docs = args.out / "benchmarks.md" if args.quick else REPO / "docs" / "benchmarks.md"
     args.only = {w.strip().upper() for w in args.only.split(",") if w.strip()}
     unknown = args.only - set(WORKLOADS)
     if unknown:
