@@ -11,33 +11,11 @@ import statistics
 import sys
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from bench.plots import best_par, methods_of, par_of, plot_phases, plot_speedup, plot_time_vs_k
 
 MiB = 1 << 20
 TARGETS = {"e2e_over_best_par": 1.10, "mco_over_e2e": 3.0, "w500_space_seconds": 0.6,
            "serial_over_space": 10.0, "noop_seconds": 0.5, "space_error": 0.25}
-PHASE_COLORS = {"space_check": "#4c72b0", "pulls": "#55a868", "exists_check": "#8172b2",
-                "dropin_reload": "#c44e52", "verify": "#dd8452", "other": "#999999"}
-
-
-def _methods(results: dict, workload: str) -> dict:
-    return results["workloads"].get(workload, {}).get("methods", {})
-
-
-def _par(methods: dict) -> dict[int, dict]:
-    return {int(n[4:]): m["summary"] for n, m in methods.items() if n.startswith("PAR-")}
-
-
-def best_par(methods: dict) -> tuple[int, float] | None:
-    par = _par(methods)
-    if not par:
-        return None
-    k = min(par, key=lambda k: par[k]["median"])
-    return k, par[k]["median"]
-
 
 # ---- targets -------------------------------------------------------------------------------
 
@@ -45,7 +23,7 @@ def best_par(methods: dict) -> tuple[int, float] | None:
 def targets(results: dict) -> list[dict]:
     """Each issue target: what was measured, the target, and whether it is met."""
     rows = []
-    m = _methods(results, "W100")
+    m = methods_of(results, "W100")
     best = best_par(m)
     e2e = m.get("pinsvc", {}).get("summary")
     if best and e2e:
@@ -74,7 +52,7 @@ def targets(results: dict) -> list[dict]:
         rows.append({"target": "W500 space check >= 10x faster than serial inspection",
                      "measured": f"{ratio:.1f}x (serial, skopeo-like {space['serial_skopeo_seconds']:.2f} s)",
                      "met": ratio >= TARGETS["serial_over_space"]})
-    one, four = _methods(results, "WBIG-1L"), _methods(results, "WBIG-4L")
+    one, four = methods_of(results, "WBIG-1L"), methods_of(results, "WBIG-4L")
     if best_par(one) and best_par(four):
         (k1, t1), (k4, t4) = best_par(one), best_par(four)
         rows.append({"target": "WBIG: 1-layer vs 4-layer, best k (report only)",
@@ -94,122 +72,6 @@ def targets_text(results: dict) -> str:
     mark = {True: "met", False: "MISSED", None: "-"}
     return "\n".join(f"{mark[r['met']]:>7}  {r['target']}: {r['measured']}" for r in targets(results))
 
-
-# ---- plots ---------------------------------------------------------------------------------
-
-
-def _label(results: dict) -> str:
-    mach = results["meta"]["machine"]
-    return f"{mach['cores']} cores, {mach['storage_driver']}, CRI-O {mach['crio_version']}, {results['meta']['started_utc'][:10]}"
-
-
-def plot_time_vs_k(results: dict, workloads: list[str], path: Path, title: str) -> Path | None:
-    present = [w for w in workloads if _par(_methods(results, w))]
-    if not present:
-        return None
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    styles = {"SEQ": ("k", ":"), "MCO-like": ("#c44e52", "--"), "pinsvc": ("#4c72b0", "-"),
-              "pinctl-3-nodes": ("#8172b2", "-.")}
-    for w in present:
-        methods = _methods(results, w)
-        par = _par(methods)
-        ks = sorted(par)
-        med = [par[k]["median"] for k in ks]
-        err = [[par[k]["median"] - par[k]["min"] for k in ks], [par[k]["max"] - par[k]["median"] for k in ks]]
-        bars = ax.errorbar(ks, med, yerr=err, marker="o", capsize=3, label=f"{w} PAR-k (direct CRI)")
-        for name, (color, ls) in styles.items():
-            if name in methods:
-                s = methods[name]["summary"]
-                lbl = f"{w} {name}" if len(present) > 1 else name
-                if len(present) > 1:
-                    color = bars.lines[0].get_color()
-                ax.axhline(s["median"], color=color, linestyle=ls, alpha=0.8, label=f"{lbl}: {s['median']:.1f} s")
-                if name == "pinsvc":  # at the parallelism it pulled with
-                    k = min(results["meta"]["pinsvc_parallelism"], results["workloads"][w]["facts"]["images"])
-                    ax.plot([k], [s["median"]], marker="*", color=color, markersize=12)
-    ax.set_xticks(sorted({k for w in present for k in _par(_methods(results, w))}))
-    ax.set_xlabel("k (pulls in flight); star: pinsvc at its parallelism")
-    ax.set_ylabel("seconds to present (and pinned), median; bars min-max")
-    ax.set_title(f"{title}\n{_label(results)}", fontsize=10)
-    ax.set_ylim(bottom=0)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def plot_speedup(results: dict, path: Path) -> Path | None:
-    methods = _methods(results, "W100")
-    par = _par(methods)
-    if "SEQ" not in methods or not par:
-        return None
-    seq = methods["SEQ"]["summary"]["median"]
-    ks = sorted(par)
-    speed = [seq / par[k]["median"] for k in ks]
-    fig, ax = plt.subplots(figsize=(7.5, 3.8))
-    ax.plot(ks, speed, marker="o", label="speed-up SEQ / PAR-k")
-    ax.plot(ks, ks, linestyle=":", color="grey", label="ideal (k)")
-    ax2 = ax.twinx()
-    ax2.plot(ks, [s / k for s, k in zip(speed, ks)], marker="s", color="#dd8452", label="efficiency (speed-up / k)")
-    ax2.set_ylim(0, 1.1)
-    ax.set_ylim(0, max(max(speed) * 1.2, 2))
-    ax.set_xlabel("k")
-    ax.set_ylabel("speed-up")
-    ax2.set_ylabel("efficiency")
-    ax.set_title(f"W100 speed-up and efficiency vs k\n{_label(results)}", fontsize=10)
-    lines = ax.get_legend_handles_labels()
-    lines2 = ax2.get_legend_handles_labels()
-    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=8, loc="upper left")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def plot_phases(results: dict, path: Path) -> Path | None:
-    """One panel per workload (linear seconds), a stacked bar per method: its phases."""
-    panels = []
-    for w in ("W100", "W500", "WBIG-1L", "WBIG-4L"):
-        rows = [(name, s["phases"], s["median"]) for name in ("MCO-like", "pinsvc")
-                if (s := _methods(results, w).get(name, {}).get("summary"))]
-        if rows:
-            panels.append((w, rows))
-    if not panels:
-        return None
-    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 1.2 * sum(len(r) for _, r in panels) + 1.4), squeeze=False)
-    seen: set[str] = set()
-    for ax, (w, rows) in zip(axes[:, 0], panels):
-        for y, (name, ph, total) in enumerate(rows):
-            left = 0.0
-            for phase, color in PHASE_COLORS.items():
-                value = ph.get(phase, 0.0)
-                if value <= 0:
-                    continue
-                ax.barh(y, value, left=left, color=color, height=0.6,
-                        label=None if phase in seen else phase.replace("_", " "))
-                seen.add(phase)
-                left += value
-            ax.text(left, y, f" {total:.2f} s", va="center", fontsize=8)
-        ax.set_yticks(range(len(rows)), [r[0] for r in rows], fontsize=8)
-        ax.set_ylim(-0.6, len(rows) - 0.4)
-        ax.invert_yaxis()
-        ax.set_title(w, fontsize=9, loc="left")
-        ax.set_xlim(0, max(r[2] for r in rows) * 1.15)
-        ax.grid(axis="x", alpha=0.3)
-    axes[-1, 0].set_xlabel("seconds (median of each phase)")
-    fig.suptitle(f"Where the time goes, per phase\n{_label(results)}", fontsize=10)
-    handles = [h for ax in axes[:, 0] for h in ax.get_legend_handles_labels()[0]]
-    labels = [l for ax in axes[:, 0] for l in ax.get_legend_handles_labels()[1]]
-    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=len(labels), frameon=False)
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
 # ---- markdown ------------------------------------------------------------------------------
 
 
@@ -218,7 +80,7 @@ def _s(value: float | None, digits: int = 2) -> str:
 
 
 def _method_table(results: dict, workload: str) -> list[str]:
-    methods = _methods(results, workload)
+    methods = methods_of(results, workload)
     best = best_par(methods)
     lines = ["| method | median s | min s | max s | / best PAR-k | CRI-O CPU s | agent CPU s | foreign CPU s |",
              "|---|---|---|---|---|---|---|---|"]
@@ -235,7 +97,7 @@ def _phase_table(results: dict) -> list[str]:
              "|---|---|---|---|---|---|---|"]
     for w in ("W100", "W500", "WBIG-1L", "WBIG-4L"):
         for name in ("pinsvc", "MCO-like"):
-            s = _methods(results, w).get(name, {}).get("summary")
+            s = methods_of(results, w).get(name, {}).get("summary")
             if s:
                 ph = s["phases"]
                 other = ph.get("other", 0.0) + ph.get("exists_check", 0.0)
@@ -247,7 +109,7 @@ def _phase_table(results: dict) -> list[str]:
 def analysis(results: dict) -> list[str]:
     """Where the misses come from, computed from the same run."""
     out = ["## Reading the figures", ""]
-    m = _methods(results, "W100")
+    m = methods_of(results, "W100")
     best, e2e = best_par(m), m.get("pinsvc", {}).get("summary")
     if best and e2e:
         ph = e2e["phases"]
@@ -258,11 +120,11 @@ def analysis(results: dict) -> list[str]:
                    f"{ph.get('space_check', 0):.2f} s, drop-in + reload {ph.get('dropin_reload', 0):.2f} s, verify "
                    f"{ph.get('verify', 0):.2f} s, other {ph.get('other', 0):.2f} s). The 1.10x budget is "
                    f"{0.1 * best[1]:.2f} s. SEQ and PAR-k only pull: no space check, no drop-in, no pins.")
-        same = _par(m).get(results["meta"]["pinsvc_parallelism"])
+        same = par_of(m).get(results["meta"]["pinsvc_parallelism"])
         if same:
             out.append(f"- W100 at the same parallelism: pinsvc / PAR-{results['meta']['pinsvc_parallelism']} = "
                        f"{e2e['median'] / same['median']:.2f}x. The best PAR-k is the lowest of "
-                       f"{len(_par(m))} medians, so noise biases it low.")
+                       f"{len(par_of(m))} medians, so noise biases it low.")
     if "MCO-like" in m:
         mp = m["MCO-like"]["summary"]["phases"]
         out.append(f"- MCO-like: serial space check {mp.get('space_check', 0):.2f} s; its pull phase "
@@ -273,7 +135,7 @@ def analysis(results: dict) -> list[str]:
         out.append(f"- pinctl over 3 nodes: {c['median']:.2f} s = {c['median'] / e2e['median']:.2f}x one node's "
                    "Apply, for 3 x the pulls on the same cores (pinctl's own start, pre-flight and status reads "
                    "included).")
-    w5 = _methods(results, "W500")
+    w5 = methods_of(results, "W500")
     if "pinsvc" in w5 and "PAR-5" in w5:
         a, b = w5["pinsvc"]["summary"], w5["PAR-5"]["summary"]
         n = results["workloads"]["W500"]["facts"]["images"]
@@ -289,7 +151,7 @@ def analysis(results: dict) -> list[str]:
                    + (": vfs stores each layer as a full copy of its parent plus its diff, so an image of n "
                       "layers costs up to n times its size; the space check's 2x factor assumes overlay-like "
                       "storage (each layer once)." if results['meta']['machine']['storage_driver'] == "vfs" else "."))
-    one, four = _methods(results, "WBIG-1L"), _methods(results, "WBIG-4L")
+    one, four = methods_of(results, "WBIG-1L"), methods_of(results, "WBIG-4L")
     if best_par(one) and best_par(four):
         (k1, t1), (k4, t4) = best_par(one), best_par(four)
         parts = []
@@ -406,16 +268,16 @@ def markdown(results: dict, plots: list[Path], docs: Path) -> str:
             "and pinsvc (per-image overhead), to fit the run in ~20 minutes on 2 cores.",
             ""]
     for w, title in (("W100", "W100"), ("W500", "W500 (pulls)"), ("WBIG-1L", "WBIG, 1 layer"), ("WBIG-4L", "WBIG, 4 layers")):
-        if _methods(results, w):
+        if methods_of(results, w):
             out += [f"## {title}", ""] + _method_table(results, w) + [""]
-        if w == "W100" and "SEQ" in _methods(results, "W100") and _par(_methods(results, "W100")):
-            seq = _methods(results, "W100")["SEQ"]["summary"]["median"]
-            par = _par(_methods(results, "W100"))
+        if w == "W100" and "SEQ" in methods_of(results, "W100") and par_of(methods_of(results, "W100")):
+            seq = methods_of(results, "W100")["SEQ"]["summary"]["median"]
+            par = par_of(methods_of(results, "W100"))
             out += ["| k | PAR-k median s | speed-up vs SEQ | efficiency |", "|---|---|---|---|"]
             out += [f"| {k} | {par[k]['median']:.2f} | {seq / par[k]['median']:.2f}x | {seq / par[k]['median'] / k:.2f} |"
                     for k in sorted(par)]
             out.append("")
-            e2e = _methods(results, "W100").get("pinsvc", {}).get("summary")
+            e2e = methods_of(results, "W100").get("pinsvc", {}).get("summary")
             if e2e:
                 out += [f"pinsvc agent: CPU {_s(e2e.get('agent_cpu_seconds'))} s (no-op re-run "
                         f"{_s(e2e.get('noop_agent_cpu_seconds'), 3)} s), peak RSS "
