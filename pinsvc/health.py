@@ -10,8 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+import pinsvc_client
 
 DEFAULT_TIMEOUT_SECONDS = 5.0
 
@@ -23,15 +22,10 @@ class HealthError(Exception):
 def unix_target(endpoint: str) -> str:
     """`unix:///path` or `/path` -> a gRPC target. Anything else raises ValueError: the check
     talks to the local unix socket only (TCP needs mTLS; use `pinctl node status`)."""
-    if endpoint.startswith("unix://"):
-        path = endpoint[len("unix://"):]
-    elif endpoint.startswith("unix:"):
-        path = endpoint[len("unix:"):]
-    else:
-        path = endpoint
-    if not path.startswith("/"):
+    where = pinsvc_client.parse_endpoint(endpoint)  # a ConfigError is a ValueError
+    if not where.unix:
         raise ValueError(f"endpoint {endpoint!r}: want the agent's unix socket, unix:///path or /path")
-    return "unix:" + path
+    return where.target
 
 
 async def check(endpoint: str, service: str = "", timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS) -> str:
@@ -39,15 +33,13 @@ async def check(endpoint: str, service: str = "", timeout_seconds: float = DEFAU
     for `service` ("" = the whole server). Raises HealthError when there is no answer within
     `timeout_seconds`."""
     target = unix_target(endpoint)
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
+    async with pinsvc_client.connect(target) as client:
         try:
-            reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout_seconds)
-        except grpc.aio.AioRpcError as e:
-            if e.code() == grpc.StatusCode.NOT_FOUND:
-                return "SERVICE_UNKNOWN"
-            raise HealthError(f"{target}: {e.code().name}: {e.details()}") from e
-    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+            return await client.health(service, timeout=timeout_seconds)
+        except pinsvc_client.NotFound:
+            return "SERVICE_UNKNOWN"
+        except pinsvc_client.PinError as e:
+            raise HealthError(f"{target}: {e}") from e
 
 
 def add_arguments(parser: argparse.ArgumentParser, default_endpoint: str) -> None:

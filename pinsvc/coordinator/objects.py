@@ -152,10 +152,7 @@ def load(sources: Sequence[str | Path]) -> Cluster:
     reader = _Reader()
     for source in sources:
         reader.read(source)
-    reader.check_references()
-    if reader.problems:
-        raise InvalidArgument(reader.problems)
-    return reader.cluster()
+    return reader.validated()
 
 
 def load_documents(named: Sequence[tuple[str, Any]]) -> Cluster:
@@ -164,10 +161,7 @@ def load_documents(named: Sequence[tuple[str, Any]]) -> Cluster:
     reader = _Reader()
     for name, document in named:
         reader.add(name, [document])
-    reader.check_references()
-    if reader.problems:
-        raise InvalidArgument(reader.problems)
-    return reader.cluster()
+    return reader.validated()
 
 
 def read_documents(source: str | Path) -> tuple[str, list[Any], str | None]:
@@ -507,4 +501,11 @@ class _Reader:
 
     def cluster(self) -> Cluster:
         return Cluster(self.objects["sets"], self.objects["pools"], self.objects["nodes"], self.notes)
+
+    def validated(self) -> Cluster:
+        """The Cluster of everything added; one InvalidArgument listing every problem."""
+        self.check_references()
+        if self.problems:
+            raise InvalidArgument(self.problems)
+        return self.cluster()
 

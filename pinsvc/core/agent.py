@@ -226,7 +226,10 @@ class Agent:
                                          "the last Apply was cancelled before it finished")
                 if self.metrics:
                     self.metrics.observe_apply_cancelled()
-                await asyncio.shield(self._save())
+                try:
+                    await asyncio.shield(self._save())
+                except errors.PinsvcError as e:  # the cancellation is what the caller must see
+                    log.error("%s; the status is kept in memory only", e)
                 raise
 
     async def _apply(self, sets: list[PinnedImageSet], emit: Emit, parallelism: int,
@@ -248,9 +251,9 @@ class Agent:
         except errors.PinsvcError as e:
             log.error("apply failed: %s", e)
             run.error = e
+        await self._finish(run)
         if run.error or run.failed:
             tracing.set_error(run.error or errors.combined(list(run.failed.values())))
-        await self._finish(run)
         failures = ([run.error] if run.error else []) + list(run.failed.values())
         outcome = ApplyOutcome(await self.status(), errors.combined(failures) if failures else None)
         if self.metrics:
@@ -483,7 +486,13 @@ class Agent:
                 self.state.inherited = []
         self.state.set_condition(PROGRESSING, "False", "AsExpected", "All pinned image sets complete")
         self._keep_images()
-        await self._save()
+        try:
+            await self._save()
+        except errors.PinsvcError as e:  # e.g. a full disk: the status stays in memory only
+            log.error("%s; the status is kept in memory only", e)
+            if run.error is None:
+                run.error = e
+                self.state.set_condition(DEGRADED, "True", "PrefetchFailed", truncate_error(str(e)))
 
     async def _save(self) -> None:
         await asyncio.to_thread(self.store.save, self.state)

@@ -78,3 +78,12 @@ def test_go_example_program_checks_space(agent, node, workload):
                   env={})
     assert done.returncode == 1
     assert "InvalidArgument" in done.stderr and "registry.invalid/app:1" in done.stderr, done.stderr
+
+
+@pytest.mark.timeout(900)
+def test_go_example_program_fails_when_the_images_do_not_fit(agent_factory, node, workload):
+    agent = agent_factory(**{"space-min-free-bytes": str(1 << 60)})
+    done = run_go("run", "./cmd/pinsvc-example", "-endpoint", agent.endpoint, workload["app-b"], env={})
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "not pinned: the images do not fit: insufficient space" in done.stderr, done.stderr
+    assert not node.images_json().get("images"), "nothing pulled"

@@ -95,6 +95,7 @@ async def test_fifty_clients_polling_during_an_apply_of_100_images_see_no_errors
     assert condition(status, "PinnedImageSetsDegraded").status == "False"
     assert set(bench_refs) <= node.pinned_images(), "every image pinned despite the load"
     assert all(latencies.values()), "both RPCs were called"
+    assert all(during_apply.values()), "both RPCs were called while the Apply ran"
 
     results = {
         "clients": CLIENTS, "seconds": round(load_seconds, 2), "images": IMAGES,

@@ -147,17 +147,23 @@ def test_every_host_path_the_agent_uses_is_mounted():
         return mounts[best]
 
     def host_path(path: Path) -> str:
-        volume = volumes[mount_of(path)["name"]]
+        """Where `path` in the container is on the host."""
+        mount = mount_of(path)
+        volume = volumes[mount["name"]]
         assert "hostPath" in volume, f"{path} is not on a hostPath volume"
-        return volume["hostPath"]["path"]
+        return str(Path(volume["hostPath"]["path"]) / path.relative_to(mount["mountPath"]))
 
-    assert host_path(Path(s.cri_endpoint.removeprefix("unix://"))) == "/var/run/crio/crio.sock"
+    cri_socket = Path(s.cri_endpoint.removeprefix("unix://"))
+    assert host_path(cri_socket) == "/var/run/crio/crio.sock"
+    # its directory is mounted, not the socket file: a restarted CRI-O makes a new socket there
+    assert volumes[mount_of(cri_socket)["name"]]["hostPath"]["type"] == "Directory"
     # the temp file and the drop-in must be on ONE mount, or the rename fails (EXDEV)
-    assert mount_of(s.dropin_temp_dir) is mount_of(s.dropin_path) and host_path(s.dropin_path) == "/etc/crio"
+    assert mount_of(s.dropin_temp_dir) is mount_of(s.dropin_path)
+    assert host_path(s.dropin_path) == "/etc/crio/crio.conf.d/50-pinned-images"
     assert host_path(s.registry.pull_secret) == "/var/lib/kubelet/config.json"
     assert mount_of(s.registry.pull_secret).get("readOnly") is True
     assert host_path(s.state_dir) == "/var/lib/pinsvc"
-    assert host_path(s.server.socket) == "/run/pinsvc"
+    assert host_path(s.server.socket) == "/run/pinsvc/pinsvc.sock"
     for tls in (s.server.tls_cert, s.server.tls_key, s.server.tls_client_ca):
         assert volumes[mount_of(Path(tls))["name"]]["secret"]["secretName"] == "pinsvc-agent-tls"
     assert {t["key"] for t in pod["tolerations"]} == {"node-role.kubernetes.io/control-plane",

@@ -60,8 +60,10 @@ class SyncPinClient:
 
     def close(self) -> None:
         if not self._loop.is_closed():
-            self._run(self._client.close())
-            self._stop()
+            try:
+                self._run(self._client.close())
+            finally:  # e.g. Ctrl-C while closing: the loop thread must not outlive the client
+                self._stop()
 
     def _stop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)

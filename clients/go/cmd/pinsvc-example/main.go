@@ -54,8 +54,11 @@ func run(endpoint string, opts pinsvc.Options, set string, generation int64, che
 		return err
 	}
 	fmt.Println("space:", plan.Verdict)
-	if checkOnly || !plan.Fits {
+	if checkOnly {
 		return nil
+	}
+	if !plan.Fits {
+		return fmt.Errorf("not pinned: the images do not fit: %s", plan.Verdict)
 	}
 	status, err := c.Apply(ctx, []pinsvc.Set{{Name: set, Generation: generation, Images: images}}, printEvent)
 	if status != nil {
