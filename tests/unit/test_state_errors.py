@@ -2,6 +2,7 @@
 NoSpaceLeft), never a bare OSError that the API could only report as internal."""
 
 import errno
+import os
 
 import pytest
 
@@ -39,10 +40,11 @@ async def test_dropin_write_on_a_full_disk_is_no_space_left_naming_the_file(tmp_
     directory = tmp_path / "crio.conf.d"
     directory.mkdir()
     dropin = Dropin(directory / "50-pinned-images", tmp_path, crio_binary="")
-    monkeypatch.setattr(Dropin, "_install", lambda self, *a, **k: failing(errno.ENOSPC)())
+    monkeypatch.setattr(os, "fsync", failing(errno.ENOSPC))  # the temp file's bytes do not fit
     with pytest.raises(errors.NoSpaceLeft, match="50-pinned-images: no space left on device"):
         await dropin.write(["registry.example/app@sha256:" + "a" * 64])
-    assert not any(directory.iterdir())
+    assert not any(directory.iterdir())  # no drop-in, no temp file beside it
+    assert not list(tmp_path.glob(".pinsvc-*.tmp"))  # and the temp file is gone
 
 
 async def test_a_state_file_that_cannot_be_written_after_the_pins_fails_the_apply_with_its_status(
