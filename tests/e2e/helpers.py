@@ -1,4 +1,6 @@
-"""Small helpers for reading Apply events in e2e tests."""
+"""Small helpers for e2e tests: reading Apply events, a free loopback port."""
+
+import socket
 
 from pinsvc_client import pb
 
@@ -25,3 +27,10 @@ def condition(status: pb.NodeStatus, type: str) -> pb.Condition:
 
 def set_status(status: pb.NodeStatus, name: str) -> pb.PinnedImageSetStatus:
     return next(s for s in status.pinned_image_sets if s.name == name)
+
+
+def free_port() -> int:
+    """A loopback TCP port free right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

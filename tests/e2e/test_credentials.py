@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import socket
 
 import grpc
 import httpx
@@ -24,16 +23,10 @@ from pinsvc_client import SetSpec
 from pinsvc.devenv import images as fixture_images
 from pinsvc.devenv.jaeger import spans
 from tests.e2e.conftest import AUTH_PASSWORD, AUTH_USER, apply
-from tests.e2e.helpers import final_status, set_status
+from tests.e2e.helpers import final_status, free_port, set_status
 
 NODE = "credentials-node"
 WRONG_PASSWORD = "wr0ng-Pa55-also-secret"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def secret_forms(user: str, password: str) -> list[str]:

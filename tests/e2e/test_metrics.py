@@ -3,7 +3,6 @@ and registry."""
 
 from __future__ import annotations
 
-import socket
 import time
 
 import aiohttp
@@ -13,13 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pinsvc import errors
 from pinsvc_client import SetSpec
 from tests.e2e.conftest import apply
-from tests.e2e.helpers import Kind, final_status, set_status
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.e2e.helpers import Kind, final_status, free_port, set_status
 
 
 async def scrape(address: str) -> dict[tuple[str, tuple], float]:

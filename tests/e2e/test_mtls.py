@@ -11,7 +11,6 @@ import asyncio
 import datetime
 import grp
 import ipaddress
-import socket
 import stat
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from pinsvc_client import SetSpec, TlsFiles, connect, pb, pb_grpc
+from tests.e2e.helpers import free_port
 
 NOW = datetime.datetime.now(datetime.timezone.utc)
 DAY = datetime.timedelta(days=1)
@@ -112,12 +112,6 @@ def pki(tmp_path_factory) -> Pki:
         other_ca_client=_issue(out / "other", "pinctl", issuer=other_ca),
         expired_client=_issue(out, "pinctl-expired", issuer=ca, not_before=NOW - 30 * DAY, not_after=NOW - DAY),
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tcp_agent(agent_factory, pki: Pki, **flags):
