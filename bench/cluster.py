@@ -22,9 +22,9 @@ from pathlib import Path
 import yaml
 
 from bench.pin100 import BenchError, CpuMeter
-from pinsvc.devenv.agent import AgentProcess
-from pinsvc.devenv.crio import Crio
-from pinsvc.devenv.registry import Registry
+from devenv.agent import AgentProcess
+from devenv.crio import Crio
+from devenv.registry import Registry
 
 NODES = ("n1", "n2", "n3")
 ROLE = "machineconfiguration.openshift.io/role"

@@ -49,11 +49,11 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from devenv.agent import AgentProcess  # noqa: E402
+from devenv.crio import Crio  # noqa: E402
+from devenv.images import bench_workload, push_many  # noqa: E402
+from devenv.registry import Registry  # noqa: E402
 from pinsvc.client import connect  # noqa: E402
-from pinsvc.devenv.agent import AgentProcess  # noqa: E402
-from pinsvc.devenv.crio import Crio  # noqa: E402
-from pinsvc.devenv.images import bench_workload, push_many  # noqa: E402
-from pinsvc.devenv.registry import Registry  # noqa: E402
 from pinsvc_client import SetSpec, pb  # noqa: E402
 from pinsvc.gen.runtime.v1 import api_pb2, api_pb2_grpc  # noqa: E402
 
@@ -187,7 +187,7 @@ class Node:
 
 
 class AgentProc(AgentProcess):
-    """The agent as the e2e tests run it (pinsvc.devenv.agent), named bench-node, with the
+    """The agent as the e2e tests run it (devenv.agent), named bench-node, with the
     node-wide pull cap raised when the benchmark asks for more parallelism."""
 
     def __init__(self, workdir: Path, crio: Crio, registry: Registry, parallelism: int,
@@ -463,7 +463,7 @@ async def run_bench(args: argparse.Namespace, root: Path, resources: dict) -> di
     say(f"CRI-O {crio.binary} ({crio.storage_driver}) ready in {crio.start_seconds:.2f}s, pid {crio.pid}")
 
     if args.tracing:
-        from pinsvc.devenv.jaeger import Jaeger
+        from devenv.jaeger import Jaeger
         jaeger = Jaeger(root / "jaeger")
         resources["jaeger"] = jaeger
         await asyncio.to_thread(jaeger.start)

@@ -233,7 +233,7 @@ def markdown(results: dict, plots: list[Path], docs: Path) -> str:
             "unique layers of 1-2 MiB in total. **W500**: 500 small images (one of 5 shared 256 KiB bases, one "
             "unique 32 KiB layer). **WBIG-1L / WBIG-4L**: 3 images of 1 GiB, one layer each or 4 layers of "
             "256 MiB. All layer data is seeded pseudo-random (incompressible) in gzip level 0, made by "
-            "`pinsvc.devenv.images` (`bench/workloads.py`).",
+            "`devenv.images` (`bench/workloads.py`).",
             "- **SEQ**: CRI `PullImage` of every image one after the other (the generated stub over `grpc.aio`, "
             "no pinsvc code). **PAR-k**: the same with at most k calls in flight.",
             "- **MCO-like** (`bench/mco.py`): an emulation of the Machine Config Operator's daemon: per image "

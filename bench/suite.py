@@ -42,8 +42,8 @@ import psutil
 from bench import phases, workloads
 from bench.cluster import ThreeNodes, clean
 from bench.pin100 import BenchError, Node
-from pinsvc.devenv.crio import Crio
-from pinsvc.devenv.registry import Registry
+from devenv.crio import Crio
+from devenv.registry import Registry
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"

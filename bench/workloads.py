@@ -1,4 +1,4 @@
-"""The benchmark workloads, built with the project's image fixtures (`pinsvc.devenv.images`)
+"""The benchmark workloads, built with the project's image fixtures (`devenv.images`)
 and pushed once into a registry whose storage is cached across runs.
 
 - W100: 100 images shaped like a scaled-down release payload: every image has the `os`
@@ -30,8 +30,8 @@ from pathlib import Path
 
 import httpx
 
-from pinsvc.devenv.images import DOCKER_LAYER, Blob, Image, build_image, make_layer, push_many
-from pinsvc.devenv.paths import cache_dir
+from devenv.images import DOCKER_LAYER, Blob, Image, build_image, make_layer, push_many
+from devenv.paths import cache_dir
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 CHUNK = 64 * MiB

@@ -12,4 +12,4 @@ if [[ ! -f .venv/.pinsvc-installed || pyproject.toml -nt .venv/.pinsvc-installed
   .venv/bin/pip install -q --disable-pip-version-check -e clients/python -e '.[dev]'
   touch .venv/.pinsvc-installed
 fi
-exec .venv/bin/python -m pinsvc.devenv.demo "$@"
+exec .venv/bin/python -m devenv.demo "$@"

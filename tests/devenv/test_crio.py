@@ -10,8 +10,8 @@ import time
 import grpc
 import pytest
 
-from pinsvc.devenv.crio import RELOAD_COMPLETED, RELOAD_FAILED, Crio, CrioError, mounts_under
-from pinsvc.devenv.paths import MissingBinary, bin_path
+from devenv.crio import RELOAD_COMPLETED, RELOAD_FAILED, Crio, CrioError, mounts_under
+from devenv.paths import MissingBinary, bin_path
 from pinsvc.gen.runtime.v1 import api_pb2, api_pb2_grpc
 
 

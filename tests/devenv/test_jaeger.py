@@ -20,7 +20,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from pinsvc.devenv.jaeger import (
+from devenv.jaeger import (
     Jaeger,
     JaegerError,
     _duration,
@@ -29,7 +29,7 @@ from pinsvc.devenv.jaeger import (
     render_config,
     spans,
 )
-from pinsvc.devenv.paths import MissingBinary, bin_path
+from devenv.paths import MissingBinary, bin_path
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pinsvc.devenv import images
-from pinsvc.devenv.images import Image, Index, PushError, RegistryAuth, push
-from pinsvc.devenv.registry import Registry, RegistryError
+from devenv import images
+from devenv.images import Image, Index, PushError, RegistryAuth, push
+from devenv.registry import Registry, RegistryError
 
 ACCEPT = ", ".join(
     [images.DOCKER_MANIFEST, images.DOCKER_MANIFEST_LIST, images.OCI_MANIFEST, images.OCI_INDEX]

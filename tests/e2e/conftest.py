@@ -15,11 +15,11 @@ import grpc
 import pytest
 
 from pinsvc_client import SetSpec
-from pinsvc.devenv import images as fixture_images
-from pinsvc.devenv.agent import AgentProcess
-from pinsvc.devenv.crio import Crio
-from pinsvc.devenv.paths import bin_path
-from pinsvc.devenv.registry import Registry
+from devenv import images as fixture_images
+from devenv.agent import AgentProcess
+from devenv.crio import Crio
+from devenv.paths import bin_path
+from devenv.registry import Registry
 
 REASON = None
 if os.geteuid() != 0:
@@ -80,7 +80,7 @@ def auth_registry(peers_root):
 @pytest.fixture(scope="session")
 def jaeger(peers_root):
     """A real Jaeger (OTLP/gRPC in, query API out, in memory, loopback only)."""
-    from pinsvc.devenv.jaeger import Jaeger
+    from devenv.jaeger import Jaeger
     with Jaeger(peers_root / "jaeger") as j:
         yield j
 

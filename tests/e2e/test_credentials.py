@@ -20,8 +20,8 @@ import httpx
 import pytest
 
 from pinsvc_client import SetSpec
-from pinsvc.devenv import images as fixture_images
-from pinsvc.devenv.jaeger import spans
+from devenv import images as fixture_images
+from devenv.jaeger import spans
 from tests.e2e.conftest import AUTH_PASSWORD, AUTH_USER, apply
 from tests.e2e.helpers import final_status, free_port, set_status
 

@@ -1,4 +1,4 @@
-"""The one-command demo as a user runs it: `python -m pinsvc.devenv.demo --jaeger` starts its
+"""The one-command demo as a user runs it: `python -m devenv.demo --jaeger` starts its
 own registry, Jaeger and 3 CRI-Os with their agents (not the session's peers: that is what it
 shows), rolls two pools out with pinctl, prints what crictl reports and leaves nothing behind."""
 
@@ -15,6 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+REPO = Path(__file__).resolve().parents[2]  # devenv is not installed: it runs from here
 EXPECTED = {"master-0": {"app-a", "three-layers"},
             "worker-0": {"app-a", "app-b", "oci", "multiarch"},
             "worker-1": {"app-a", "app-b", "oci", "multiarch"}}
@@ -66,7 +67,7 @@ def base():
 
 
 def test_demo_pins_every_node_and_leaves_nothing_behind(base):
-    proc = subprocess.run([sys.executable, "-m", "pinsvc.devenv.demo", "--jaeger"], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "devenv.demo", "--jaeger"], capture_output=True, cwd=REPO,
                           text=True, timeout=240, env={**os.environ, "TMPDIR": str(base)})
     out = proc.stdout
     assert proc.returncode == 0, out + proc.stderr

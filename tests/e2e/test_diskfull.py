@@ -22,8 +22,8 @@ import grpc
 import pytest
 
 from pinsvc_client import SetSpec
-from pinsvc.devenv import images as fixture_images
-from pinsvc.devenv.crio import Crio, mounts_under
+from devenv import images as fixture_images
+from devenv.crio import Crio, mounts_under
 from tests.e2e.conftest import agent_maker, apply, clean_node
 from tests.e2e.helpers import Kind, condition, final_status, image_events, set_status
 

@@ -7,8 +7,8 @@ import time
 import pytest
 
 from pinsvc_client import SetSpec
+from devenv.crio import RELOAD_COMPLETED
 from pinsvc.core.dropin import render_dropin
-from pinsvc.devenv.crio import RELOAD_COMPLETED
 from pinsvc_client import pb
 from tests.e2e.conftest import apply
 from tests.e2e.helpers import condition

@@ -20,10 +20,10 @@ import grpc
 import pytest
 
 from pinsvc_client import SetSpec
-from pinsvc.devenv import images as fixture_images
-from pinsvc.devenv.agent import AgentProcess
-from pinsvc.devenv.crio import Crio
-from pinsvc.devenv.faultproxy import BLOBS, FaultProxy
+from devenv import images as fixture_images
+from devenv.agent import AgentProcess
+from devenv.crio import Crio
+from devenv.faultproxy import BLOBS, FaultProxy
 from tests.e2e.conftest import agent_maker, apply, clean_node
 from tests.e2e.helpers import Kind, Stage, condition, final_status, set_status, stages
 

@@ -25,9 +25,9 @@ import grpc
 import pytest
 
 from pinsvc_client import SetSpec
+from devenv.agent import AgentProcess
+from devenv.crio import Crio, CrioError
 from pinsvc.core.dropin import is_managed, render_dropin
-from pinsvc.devenv.agent import AgentProcess
-from pinsvc.devenv.crio import Crio, CrioError
 from tests.e2e.conftest import apply, clean_node
 from tests.e2e.helpers import Kind, Stage
 

@@ -14,7 +14,7 @@ import grpc
 import pytest
 
 from pinsvc_client import SetSpec
-from pinsvc.devenv import images as fixture_images
+from devenv import images as fixture_images
 from tests.e2e.conftest import apply
 from tests.e2e.helpers import condition, final_status, set_status
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pinsvc.devenv import cluster as objects
-from pinsvc.devenv.agent import AgentProcess
-from pinsvc.devenv.crio import Crio
+from devenv import cluster as objects
+from devenv.agent import AgentProcess
+from devenv.crio import Crio
 from tests.e2e.conftest import clean_node
 
 NODES = {"n1": "worker", "n2": "worker", "n3": "infra"}

@@ -11,10 +11,10 @@ import sys
 import pytest
 import yaml
 
-from pinsvc.devenv import images as fixture_images
-from pinsvc.devenv.agent import AgentProcess
-from pinsvc.devenv.crio import Crio
-from pinsvc.devenv.jaeger import spans
+from devenv import images as fixture_images
+from devenv.agent import AgentProcess
+from devenv.crio import Crio
+from devenv.jaeger import spans
 from tests.e2e.conftest import AUTH_PASSWORD, AUTH_USER
 
 MISSING = "sha256:" + "ab" * 32

@@ -28,9 +28,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from devenv.paths import bin_path
 from pinsvc import config
 from pinsvc.coordinator.cli import parser as pinctl_parser
-from pinsvc.devenv.paths import bin_path
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = sorted((ROOT / "deploy" / "kubernetes").glob("*.yaml"))

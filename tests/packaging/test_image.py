@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from pinsvc.devenv.paths import cache_dir
+from devenv.paths import cache_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -181,6 +181,27 @@ def dependency_wheels(pip: list) -> Path:
     return target
 
 
+DEVENV_IMPORT = re.compile(r"^\s*(from|import)\s+devenv\b", re.M)
+
+
+def test_build_context_has_no_devenv(tmp_path):
+    """The dev environment (devenv/: the peers, the fault proxy, the demo) stays out of the
+    image: no COPY line names it, the context the builder stage sees holds none of it and no
+    module there imports it."""
+    sources = [source for op, args in stages()[0] if op == "COPY" for source in args.split()[:-1]]
+    assert not [s for s in sources if "devenv" in s], sources
+    build_context(tmp_path)
+    assert (tmp_path / "pinsvc" / "cli.py").exists()
+    assert not [str(p) for p in tmp_path.rglob("*devenv*")]
+    assert not [str(p) for p in tmp_path.rglob("*.py") if DEVENV_IMPORT.search(p.read_text())]
+
+
+def test_devenv_import_pattern():
+    assert DEVENV_IMPORT.search("import os\nfrom devenv.crio import Crio\n")
+    assert DEVENV_IMPORT.search("    import devenv\n")
+    assert not DEVENV_IMPORT.search("from pinsvc import devenvironment\n# devenv is not shipped\n")
+
+
 @pytest.mark.image
 def test_image_wheels_install_and_run(tmp_path):
     src, wheels = tmp_path / "src", tmp_path / "wheels"
@@ -200,6 +221,7 @@ def test_image_wheels_install_and_run(tmp_path):
     assert any(n.endswith("/pinsvc/v1/pinsvc_pb2_grpc.py") for n in names)
     assert "pinsvc/coordinator/kube.py" in names and "pinsvc/health.py" in names
     assert not [n for n in names if n.startswith("tests/") or "__pycache__" in n or n.endswith(".pyc")]
+    assert not [n for n in names if "devenv" in n.split("/")], "the dev environment is not shipped"
     entry_points = zipfile.ZipFile(wheels / "pinsvc-0.1.0-py3-none-any.whl").read(
         "pinsvc-0.1.0.dist-info/entry_points.txt").decode()
     assert "pinsvc = pinsvc.cli:main" in entry_points and "pinctl = pinsvc.coordinator.cli:main" in entry_points

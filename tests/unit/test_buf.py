@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from google.protobuf import descriptor_pb2
 
-from pinsvc.devenv.paths import MissingBinary, bin_path
+from devenv.paths import MissingBinary, bin_path
 
 ROOT = Path(__file__).resolve().parents[2]
 RELEASED = ROOT / "proto" / "released" / "pinsvc-v1.binpb"

@@ -21,6 +21,9 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import pytest_asyncio
 
+from devenv import images
+from devenv.images import Image, Index, push_many
+from devenv.registry import Registry
 from pinsvc.adapters.pullsecret import Credentials, PullSecretFile
 from pinsvc.adapters.registry import (
     Challenge,
@@ -35,9 +38,6 @@ from pinsvc.adapters.registry import (
     parse_manifest,
     wanted_platforms,
 )
-from pinsvc.devenv import images
-from pinsvc.devenv.images import Image, Index, push_many
-from pinsvc.devenv.registry import Registry
 from pinsvc.errors import ImageNotFound, RegistryError, Unauthorized
 from pinsvc.refs import ImageRef, parse_reference
 

@@ -23,7 +23,7 @@ from types import TracebackType
 
 import httpx
 
-from pinsvc.devenv.process import tail, terminate
+from devenv.process import tail, terminate
 
 REGISTRY_BINARY = "/usr/bin/docker-registry"
 START_TIMEOUT = 10.0

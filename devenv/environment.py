@@ -25,11 +25,12 @@ from pathlib import Path
 
 import psutil
 
-from pinsvc.devenv import images as sample_images
-from pinsvc.devenv.agent import AgentProcess
-from pinsvc.devenv.crio import Crio, mounts_under, unmount_under
-from pinsvc.devenv.jaeger import Jaeger
-from pinsvc.devenv.registry import Registry
+from devenv import images as sample_images
+from devenv.agent import AgentProcess
+from devenv.crio import Crio, mounts_under, unmount_under
+from devenv.jaeger import Jaeger
+from devenv.paths import REPO
+from devenv.registry import Registry
 
 STATE_FILE = "environment.json"
 STOP_SCRIPT = "stop.sh"
@@ -146,8 +147,8 @@ class Environment:
         (self.root / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
         script = self.root / STOP_SCRIPT
         script.write_text("#!/bin/sh\n# Stops the kept pinsvc demo environment and removes this directory.\n"
-                          "cd / || exit 1  # python -m imports from the working directory first\n"
-                          f"exec {shlex.quote(sys.executable)} -m pinsvc.devenv.demo --stop {shlex.quote(str(self.root))}\n")
+                          f"cd {shlex.quote(str(REPO))} || exit 1  # devenv is not installed: it runs from the repository\n"
+                          f"exec {shlex.quote(sys.executable)} -m devenv.demo --stop {shlex.quote(str(self.root))}\n")
         script.chmod(0o755)
         return script
 

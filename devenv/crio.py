@@ -34,7 +34,7 @@ from typing import Any
 
 import tomlkit
 
-from pinsvc.devenv.paths import bin_path
+from devenv.paths import bin_path
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pinsvc_client import PinClient
 
 from pinsvc.client import connect
-from pinsvc.devenv.crio import Crio
-from pinsvc.devenv.process import terminate
-from pinsvc.devenv.registry import Registry
+from devenv.crio import Crio
+from devenv.process import terminate
+from devenv.registry import Registry
 
 
 class AgentProcess:

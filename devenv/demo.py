@@ -2,8 +2,8 @@
 each) in 2 MachineConfigPools, and `pinctl rollout` of a PinnedImageSet per pool with live
 progress; then each node's status, the pool summary and what each CRI-O reports pinned.
 
-    python -m pinsvc.devenv.demo [--jaeger] [--keep]
-    python -m pinsvc.devenv.demo --stop DIR      # stop what --keep left running in DIR
+    python -m devenv.demo [--jaeger] [--keep]     # from the repository root (scripts/demo.sh)
+    python -m devenv.demo --stop DIR              # stop what --keep left running in DIR
 
 Exit status 0 only when the rollout succeeded and every node's CRI-O reports every image of
 its sets pinned (crictl). Without --keep everything is stopped and removed at the end, also
@@ -26,9 +26,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from pinsvc.devenv import cluster
-from pinsvc.devenv.environment import DemoEnvironmentError, Environment, in_use, stop_kept
-from pinsvc.devenv.jaeger import Jaeger, JaegerError, spans
+from devenv import cluster
+from devenv.environment import DemoEnvironmentError, Environment, in_use, stop_kept
+from devenv.jaeger import Jaeger, JaegerError, spans
+from devenv.paths import REPO
 
 NODES = {"master-0": ("master",), "worker-0": ("worker",), "worker-1": ("worker",)}
 """Node name -> roles; each role is a MachineConfigPool of the same name."""
@@ -210,7 +211,7 @@ def kept_lines(env: Environment, script: Path) -> list[str]:
               f"  {pinctl_cmd} node status --endpoint {first.agent.endpoint}",
               f"  {first.crio.crictl_binary} --runtime-endpoint {first.crio.endpoint} images --pinned",
               "", f"Stop everything and remove {env.root}:", f"  {script}",
-              f"  (the same: {sys.executable} -P -m pinsvc.devenv.demo --stop {env.root})"]
+              f"  (the same: cd {shlex.quote(str(REPO))} && {sys.executable} -m devenv.demo --stop {env.root})"]
     return lines
 
 
@@ -260,7 +261,7 @@ def run(env: Environment, t0: float) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pinsvc.devenv.demo", description=__doc__.splitlines()[0],
+    parser = argparse.ArgumentParser(prog="python -m devenv.demo", description=__doc__.splitlines()[0],
                                      epilog="Needs root (CRI-O does) and the peers of scripts/install-peers.sh.")
     parser.add_argument("--jaeger", action="store_true", help="also run Jaeger and trace the rollout into it")
     parser.add_argument("--keep", action="store_true", help="leave everything running and say how to stop it")

@@ -6,6 +6,9 @@ import os
 from pathlib import Path
 
 INSTALL_HINT = "run `bash scripts/install-peers.sh` to build and cache it"
+REPO = Path(__file__).resolve().parent.parent
+"""The repository: `devenv` is not installed (the wheel and the image leave it out), so
+`python -m devenv.…` runs from here."""
 
 
 class MissingBinary(FileNotFoundError):

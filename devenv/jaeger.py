@@ -40,8 +40,8 @@ from typing import Any
 import httpx
 import psutil
 
-from pinsvc.devenv.paths import bin_path
-from pinsvc.devenv.process import tail, terminate
+from devenv.paths import bin_path
+from devenv.process import tail, terminate
 
 START_TIMEOUT = 20.0
 """Seconds `start()` waits for the query API to answer."""

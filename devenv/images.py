@@ -8,7 +8,7 @@ Docker manifest lists or OCI image indexes.
     images = small_workload()
     refs = asyncio.run(push_many(registry.url, list(images.values())))
 
-CLI: `python -m pinsvc.devenv.images push --registry 127.0.0.1:PORT --workload small`
+CLI: `python -m devenv.images push --registry 127.0.0.1:PORT --workload small`
 """
 
 from __future__ import annotations
@@ -473,7 +473,7 @@ def push(registry: str, item: Image | Index, *, auth: tuple[str, str] | None = N
 def main(argv: Sequence[str] | None = None) -> int:
     """`push --registry HOST:PORT --workload small|bench [--count N] [--json OUT]`."""
     parser = argparse.ArgumentParser(
-        prog="python -m pinsvc.devenv.images", description=__doc__.splitlines()[0]
+        prog="python -m devenv.images", description=__doc__.splitlines()[0]
     )
     commands = parser.add_subparsers(dest="command", required=True)
     push_cmd = commands.add_parser("push", help="push a workload; print its references as JSON")
