@@ -14,7 +14,7 @@ What runs, per latency (fresh processes and state each time):
 2. the coordinator, alone in its own process: `pinctl rollout -f cluster.yaml --endpoints
    endpoints.yaml --concurrency N -o json` (`python -m pinsvc.coordinator.cli`), or, with
    `--driver api`, a small driver in this file (`scale.py --coordinator`) calling
-   `objects.load`, `plan_rollout` and `Rollout(...).run()` directly;
+   `loader.load`, `plan_rollout` and `Rollout(...).run()` directly;
 3. wall time from starting that process to its exit; its peak RSS and CPU from `wait4`;
    where the time went, from the simulators' clock: start+load, pre-flight, GetStatus,
    the Apply window (mean and max Applies in flight) and the end;
@@ -562,10 +562,10 @@ def coordinator_main(args: argparse.Namespace) -> int:
     """Drives the coordinator API directly, as pinctl would, and prints a JSON List of
     MachineConfigNode / MachineConfigPool documents (the same shape as pinctl -o json)."""
     from pinsvc.client import connect
-    from pinsvc.coordinator import objects, selection
+    from pinsvc.coordinator import loader, selection
     from pinsvc.coordinator.rollout import UPDATED, Options, Record, Rollout, plan_rollout, rollout_id
 
-    cluster = objects.load([args.cluster])
+    cluster = loader.load([args.cluster])
     plans = plan_rollout(cluster, endpoints=selection.load_endpoint_map(args.endpoints))
     record = Record(Path(args.record_dir) / f"rollout-{rollout_id(plans)}.json")
     rollout = Rollout(plans, Options(max_parallel=args.max_parallel, concurrency=args.concurrency),

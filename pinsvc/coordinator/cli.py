@@ -35,7 +35,7 @@ from pinsvc_client import PinError, SetSpec, to_dict
 
 from pinsvc import errors, tracing
 from pinsvc.client import add_tls_arguments, connect, tls_from_args
-from pinsvc.coordinator import objects, report, selection
+from pinsvc.coordinator import loader, report, selection
 from pinsvc.coordinator.rollout import (APPLYING, DEFAULT_PORT, FAILED, UNAVAILABLE, UPDATED, WARNING, NodeRecord,
                                         Options, Record, Rollout, plan_rollout, rollout_id, status_doc)
 from pinsvc.progress import ApplyProgress
@@ -90,7 +90,7 @@ def _load(args) -> tuple:
         from pinsvc.coordinator import kube
         cluster = kube.load(kube.KubeSource(args.kubeconfig or "", args.context or ""))
     else:
-        cluster = objects.load(args.file)
+        cluster = loader.load(args.file)
     for note in cluster.notes:
         print(f"note: {note}", file=sys.stderr)
     endpoints = selection.load_endpoint_map(args.endpoints) if args.endpoints else {}
@@ -185,7 +185,7 @@ async def _node(args) -> int:
         elif args.node_command == "check-space":
             print(json.dumps(to_dict(await client.check_space(args.images)), indent=2))
         else:
-            cluster = objects.load(args.file)
+            cluster = loader.load(args.file)
             specs = [SetSpec(s.name, s.generation, s.images) for s in cluster.sets.values()]
             with ApplyProgress() as progress:
                 status = await client.apply(specs, on_event=progress.update)

@@ -1,6 +1,6 @@
 """Kubernetes mode of `pinctl`: PinnedImageSets, MachineConfigPools and Nodes read from a live
 API server with the official `kubernetes` client (the optional `kube` extra, imported only
-here and only when asked for), then validated by `objects.load_documents` exactly like the
+here and only when asked for), then validated by `loader.load_documents` exactly like the
 files `-f` reads: the same model and the same code path after loading.
 
 Credentials: `--kubeconfig`/`--context` when given; in a pod (KUBERNETES_SERVICE_HOST set)
@@ -19,7 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pinsvc.coordinator.objects import MCO_GROUP, Cluster, load_documents
+from pinsvc.coordinator.loader import load_documents
+from pinsvc.coordinator.objects import MCO_GROUP, Cluster
 from pinsvc.errors import InvalidArgument, PinsvcError
 
 log = logging.getLogger("pinsvc.coordinator.kube")

@@ -22,7 +22,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from pinsvc.coordinator.objects import MASTER, WORKER, Cluster, Node, PinnedImageSet, Pool, read_documents
+from pinsvc.coordinator.loader import read_documents
+from pinsvc.coordinator.objects import MASTER, WORKER, Cluster, Node, PinnedImageSet, Pool
 from pinsvc.errors import InvalidArgument
 
 ENDPOINT_ANNOTATION = "pinsvc.io/agent-endpoint"

@@ -18,7 +18,7 @@ import sys
 import pytest
 import yaml
 
-from pinsvc.coordinator import kube, objects
+from pinsvc.coordinator import kube, loader, objects
 from pinsvc.errors import InvalidArgument
 from tests.kube_standin import MCO, TOKEN, StandIn, kubeconfig
 
@@ -81,7 +81,7 @@ def test_reads_the_same_cluster_as_the_files_oc_prints(stand_in, tmp_path, monke
     dump = tmp_path / "cluster.yaml"
     dump.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items":
                                     [{"apiVersion": "v1", "kind": "Node", **n} for n in NODES] + POOLS + SETS}))
-    from_files = objects.load([dump])
+    from_files = loader.load([dump])
     assert _without_source(from_api) == _without_source(from_files)
     assert list(from_api.nodes) == ["worker-0", "worker-1", "infra-0", "master-0"]
     assert from_api.nodes["worker-1"].ready is False and from_api.nodes["infra-0"].internal_ip == "10.0.0.20"

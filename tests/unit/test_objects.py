@@ -8,7 +8,8 @@ import textwrap
 
 import pytest
 
-from pinsvc.coordinator.objects import LabelSelector, load, selects
+from pinsvc.coordinator.loader import load
+from pinsvc.coordinator.objects import LabelSelector, selects
 from pinsvc.coordinator.selection import (
     effective_pools, endpoint, load_endpoint_map, max_unavailable, node_pools, node_sets, pool_nodes,
     pool_sets, primary_pool, skip_reason,
