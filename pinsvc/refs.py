@@ -3,6 +3,12 @@
 A pinned image is named by a fully qualified digest reference,
 `host[:port]/path@sha256:<64 lowercase hex>`, the only form CRI-O can pin reliably (pins
 match the name an image was pulled by) and the only form OpenShift's PinnedImageSet takes.
+
+The grammar is the runtime's own (containers/image `docker/reference`, which CRI-O parses
+every pulled name with), so a reference accepted here is one CRI-O can pull: at most 255
+characters of repository name (`host[:port]/path`, counted after Docker Hub
+normalisation), a port in 1-65535, and no IPv6 literal as host (its grammar has none: CRI-O
+answers "invalid reference format"; name such a registry by a host name instead).
 """
 
 from __future__ import annotations
@@ -14,8 +20,12 @@ from pinsvc.errors import InvalidArgument
 from pinsvc.limits import (MAX_IMAGES_PER_REQUEST, MAX_IMAGES_PER_SET, MAX_REFERENCE_LENGTH,  # noqa: F401
                            MAX_SET_NAME_LENGTH, count_problem)
 
+MAX_NAME_LENGTH = 255
+"""Characters of a repository name, `host[:port]/path` as the runtime normalises it
+(containers/image `NameTotalLengthMax`; longer names fail every pull)."""
+
 _DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
-_HOST = rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[0-9a-fA-F:]+\])(?::[0-9]{{1,5}})?"
+_HOST = rf"{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*(?::(?P<port>[0-9]+))?"
 _PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 # Used with fullmatch: a `$` would also match before a trailing newline.
 _REFERENCE = re.compile(
@@ -24,6 +34,7 @@ _REFERENCE = re.compile(
     rf"(?:@(?P<algorithm>[A-Za-z][A-Za-z0-9]*(?:[+._-][A-Za-z][A-Za-z0-9]*)*):(?P<hex>[0-9a-zA-Z=_-]+))?"
 )
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+DOCKER_HUB = "docker.io"
 _SET_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*")
 
 
@@ -39,6 +50,15 @@ class ImageRef:
     def repository(self) -> str:
         return f"{self.host}/{self.path}"
 
+    def normalized(self) -> ImageRef:
+        """This reference as the runtime names it: Docker Hub's `index.docker.io` is
+        `docker.io`, and a one-component Docker Hub path is under `library/`
+        (containers/image `ParseNormalizedNamed`). Registries configuration and credentials
+        are matched against this form."""
+        host = DOCKER_HUB if self.host == "index.docker.io" else self.host
+        path = f"library/{self.path}" if host == DOCKER_HUB and "/" not in self.path else self.path
+        return ImageRef(host, path, self.digest)
+
     def __str__(self) -> str:
         return f"{self.host}/{self.path}@{self.digest}"
 
@@ -52,6 +72,9 @@ def reference_problem(text: str) -> str | None:
         return f"image reference {shown} is {len(text)} characters long (at most {MAX_REFERENCE_LENGTH})"
     if text != text.strip() or any(c.isspace() or not c.isprintable() for c in text):
         return f"image reference {shown} contains whitespace or control characters"
+    if text.startswith("["):
+        return (f"image reference {shown} names its registry by an IPv6 address: CRI-O (containers/image) "
+                f"cannot parse that; use a host name that resolves to it")
     match = _REFERENCE.fullmatch(text)
     if match is None:
         if "/" not in text.split("@")[0]:
@@ -74,6 +97,12 @@ def reference_problem(text: str) -> str | None:
                 f"only sha256 is accepted")
     if not _SHA256_HEX.fullmatch(match["hex"]):
         return f"image reference {shown} has a malformed sha256 digest (want 64 lowercase hex characters)"
+    if match["port"] is not None and not 1 <= int(match["port"]) <= 65535:
+        return f"image reference {shown} has port {shorten(match['port'], 20)}, outside 1-65535"
+    name = ImageRef(host, match["path"], "").normalized().repository
+    if len(name) > MAX_NAME_LENGTH:
+        return (f"image reference {shown} has a repository name of {len(name)} characters "
+                f"(at most {MAX_NAME_LENGTH} for host[:port]/path, the runtime's limit)")
     return None
 
 

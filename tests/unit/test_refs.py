@@ -38,6 +38,50 @@ def test_bad_references_are_named_with_the_reason(ref, words):
         assert repr(ref)[:60].rstrip("'") in problem or len(ref) > 100
 
 
+# What CRI-O (containers/image v5.38 `docker/reference`) refuses: checked against its parser.
+@pytest.mark.parametrize("ref, words", [
+    (f"[::1]:5000/repo@sha256:{HEX}", "'[::1]:5000/repo@sha256:"),
+    (f"[fd00::1]/repo@sha256:{HEX}", "by an IPv6 address"),
+    (f"127.0.0.1:0/repo@sha256:{HEX}", "port '0', outside 1-65535"),
+    (f"127.0.0.1:65536/repo@sha256:{HEX}", "port '65536', outside 1-65535"),
+    (f"registry.example:999999/repo@sha256:{HEX}", "port '999999', outside 1-65535"),
+    ("quay.io/" + "a" * 248 + f"@sha256:{HEX}", "repository name of 256 characters (at most 255"),
+    ("quay.io:5000/" + "a/" * 121 + f"b@sha256:{HEX}", "repository name of 256 characters"),
+    # Docker Hub names count as the runtime normalises them: docker.io/library/<name>.
+    ("docker.io/" + "a" * 238 + f"@sha256:{HEX}", "repository name of 256 characters"),
+    ("index.docker.io/" + "a" * 238 + f"@sha256:{HEX}", "repository name of 256 characters"),
+])
+def test_references_the_runtime_refuses_are_refused_naming_the_value(ref, words):
+    problem = reference_problem(ref)
+    assert problem is not None and words in problem, problem
+    assert repr(ref)[:40] in problem
+
+
+@pytest.mark.parametrize("ref", [
+    "quay.io/" + "a" * 247 + f"@sha256:{HEX}",  # a name of exactly 255 characters
+    "docker.io/" + "a" * 237 + f"@sha256:{HEX}",  # 255 once normalised to docker.io/library/
+    "docker.io/library/" + "a" * 237 + f"@sha256:{HEX}",
+    f"127.0.0.1:1/repo@sha256:{HEX}", f"127.0.0.1:65535/repo@sha256:{HEX}",
+    f"LOCALHOST:5000/repo@sha256:{HEX}",
+])
+def test_references_at_the_runtime_limits_are_accepted(ref):
+    assert reference_problem(ref) is None
+
+
+@pytest.mark.parametrize("ref, normalized", [
+    ("docker.io/busybox", "docker.io/library/busybox"),
+    ("index.docker.io/busybox", "docker.io/library/busybox"),
+    ("index.docker.io/org/app", "docker.io/org/app"),
+    ("docker.io/library/busybox", "docker.io/library/busybox"),
+    ("quay.io/busybox", "quay.io/busybox"),
+    ("registry-1.docker.io/busybox", "registry-1.docker.io/busybox"),
+])
+def test_normalized_names_docker_hub_images_like_the_runtime(ref, normalized):
+    parsed = parse_reference(f"{ref}@sha256:{HEX}")
+    assert parsed.normalized().repository == normalized
+    assert parsed.normalized().digest == parsed.digest and str(parsed) == f"{ref}@sha256:{HEX}"
+
+
 def test_parse_references_collapses_duplicates_and_reports_every_problem():
     assert [str(r) for r in parse_references([GOOD, GOOD])] == [GOOD]
     with pytest.raises(InvalidArgument) as e:
