@@ -63,8 +63,10 @@ class ImageRef:
         return f"{self.host}/{self.path}@{self.digest}"
 
 
-def reference_problem(text: str) -> str | None:
-    """Why `text` is not an acceptable digest reference, or None when it is."""
+def reference_problem(text: str, *, port_range: bool = True) -> str | None:
+    """Why `text` is not an acceptable digest reference, or None when it is.
+    `port_range=False` accepts any port number, as the runtime's parser does (such a
+    registry then fails to connect): for references a registries.conf rewrite produced."""
     shown = shorten(text)
     if not text:
         return "empty image reference"
@@ -97,7 +99,7 @@ def reference_problem(text: str) -> str | None:
                 f"only sha256 is accepted")
     if not _SHA256_HEX.fullmatch(match["hex"]):
         return f"image reference {shown} has a malformed sha256 digest (want 64 lowercase hex characters)"
-    if match["port"] is not None and not 1 <= int(match["port"]) <= 65535:
+    if port_range and match["port"] is not None and not 1 <= int(match["port"]) <= 65535:
         return f"image reference {shown} has port {shorten(match['port'], 20)}, outside 1-65535"
     name = ImageRef(host, match["path"], "").normalized().repository
     if len(name) > MAX_NAME_LENGTH:
