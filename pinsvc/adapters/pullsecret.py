@@ -4,12 +4,27 @@
                "https://index.docker.io/v1/": {"username": "u", "password": "p"},
                "registry.example:5000": {"identitytoken": "..."}}}
 
-Keys are matched against an image the way kubelet's keyring does: the scheme, a `/v1/` or
-`/v2/` suffix and trailing slashes are ignored, the host must match exactly (kubelet's
-per-label `*` globs such as `*.example.com` are honoured) and so must the port, and the
-key's path must be a prefix of the image path on a segment boundary. The most specific
-key wins: the longest path, then an exact host over a glob, then the first in the file.
-`docker.io`, `index.docker.io` and `registry-1.docker.io` are one registry.
+Two lookups, because the runtime sees the file twice:
+
+- `lookup(image)` matches keys the way kubelet's keyring does, for the credentials pinsvc
+  hands CRI-O in the CRI `AuthConfig` of a pull (what kubelet would send): the scheme, a
+  `/v1/` or `/v2/` suffix and trailing slashes are ignored, the host must match exactly
+  (kubelet's per-label `*` globs such as `*.example.com` are honoured) and so must the
+  port, and the key's path must be a prefix of the image path on a segment boundary. The
+  most specific key wins: the longest path, then an exact host over a glob, then the
+  first in the file. `docker.io`, `index.docker.io` and `registry-1.docker.io` are one
+  registry.
+- `lookup_endpoint(host, path)` reads it as containers/image reads an auth file (CRI-O's
+  `global_auth_file`, `/var/lib/kubelet/config.json` on OpenShift), for an endpoint
+  actually contacted - a mirror included (`pkg/docker/config`): the keys
+  `host/a/b/c`, `host/a/b`, `host/a`, `host` exactly as written (no globs, case
+  sensitive), the first present one decides, even when it holds nothing usable; failing
+  those, a key with a scheme (`https://host/...`, its path ignored) naming the host.
+  Only `auth` (and `identitytoken` beside it) counts there; `username`/`password` fields
+  do not. `for_endpoint` combines both the way CRI-O does for one pull.
+
+So the canonical registry's credentials never reach a mirror on another host: CRI-O sends
+the `AuthConfig` only to endpoints on the image's own host.
 
 Secrets never appear in a repr, a log record or an error message: errors name the file
 and the key only.
@@ -21,7 +36,7 @@ import base64
 import binascii
 import fnmatch
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -83,6 +98,8 @@ class PullSecret:
     """The usable entries of one pull secret, in file order."""
 
     entries: tuple[_Entry, ...] = ()
+    auth_file: dict[str, Credentials | None] = field(default_factory=dict, repr=False, hash=False)
+    """Every key as written -> what containers/image reads from it (None: nothing usable)."""
 
     def lookup(self, ref: ImageRef) -> Credentials | None:
         """The credentials of the most specific key that matches `ref`, or None."""
@@ -92,6 +109,31 @@ class PullSecret:
         if not matching:
             return None
         return max(matching, key=lambda entry: entry.specificity).credentials
+
+    def lookup_endpoint(self, host: str, path: str) -> Credentials | None:
+        """What the runtime reads from this file for endpoint `host` (host[:port], as in a
+        normalised reference) and repository `path` on it, or None."""
+        key = f"{host}/{path}"
+        while key not in self.auth_file:
+            key, slash, _ = key.rpartition("/")
+            if not slash:
+                registry = _hub_as_index(host)
+                key = next((k for k in self.auth_file if _auth_file_registry(k) == registry), "")
+                break
+        credentials = self.auth_file.get(key)
+        return replace(credentials, server_address=host) if credentials else None
+
+    def for_endpoint(self, image: ImageRef, endpoint: ImageRef) -> Credentials | None:
+        """The credentials CRI-O uses at `endpoint` (a `pinsvc.mirrors` endpoint reference)
+        when pinsvc pulls `image` with the `AuthConfig` `lookup(image)`: that user and
+        password on the image's own host (CRI-O reads nothing else of it), otherwise, or
+        when it has no user, the endpoint's own entry (`lookup_endpoint`). This assumes
+        CRI-O's `global_auth_file` is this file."""
+        given = self.lookup(image)
+        if given and given.username and endpoint.host == image.normalized().host:
+            return Credentials(username=given.username, password=given.password,
+                               server_address=given.server_address)
+        return self.lookup_endpoint(endpoint.host, endpoint.path)
 
 
 def load_pull_secret(path: Path) -> PullSecret:
@@ -127,7 +169,8 @@ def parse_pull_secret(text: str, *, source: str = "<text>") -> PullSecret:
     if not isinstance(auths, dict):
         raise StateError(f"pull secret {source}: 'auths' is not a JSON object")
     entries = (_parse_entry(key, value, source) for key, value in auths.items())
-    return PullSecret(tuple(entry for entry in entries if entry is not None))
+    return PullSecret(tuple(entry for entry in entries if entry is not None),
+                      {key: _auth_file_entry(key, value) for key, value in auths.items()})
 
 
 class PullSecretFile:
@@ -151,6 +194,14 @@ class PullSecretFile:
     def lookup(self, ref: ImageRef) -> Credentials | None:
         """The credentials for `ref` from the current file, or None."""
         return self.current().lookup(ref)
+
+    def lookup_endpoint(self, host: str, path: str) -> Credentials | None:
+        """`PullSecret.lookup_endpoint` on the current file."""
+        return self.current().lookup_endpoint(host, path)
+
+    def for_endpoint(self, image: ImageRef, endpoint: ImageRef) -> Credentials | None:
+        """`PullSecret.for_endpoint` on the current file."""
+        return self.current().for_endpoint(image, endpoint)
 
     def _stat(self) -> tuple[int, int, int, int] | None:
         try:
@@ -181,6 +232,31 @@ def _parse_entry(key: str, value: object, source: str) -> _Entry | None:
                               identity_token=identity_token, registry_token=registry_token,
                               server_address=f"{host}:{port}" if port else host)
     return _Entry(host=host, port=port, path=path, credentials=credentials)
+
+
+def _auth_file_entry(key: str, value: dict) -> Credentials | None:
+    """What containers/image takes from an entry (already validated by `_parse_entry`):
+    the `auth` user and password, and `identitytoken` only beside an `auth`."""
+    if not value.get("auth"):
+        return None
+    username, password = _decode_auth(value["auth"], "")
+    identity_token = value.get("identitytoken", "")
+    if not (username or password or identity_token):
+        return None
+    return Credentials(username=username, password=password, identity_token=identity_token)
+
+
+def _auth_file_registry(key: str) -> str:
+    """containers/image's fallback match of a key: with a scheme, its host alone."""
+    stripped = key.removeprefix("http://").removeprefix("https://")
+    if stripped != key:
+        stripped = stripped.split("/", 1)[0]
+    return _hub_as_index(stripped)
+
+
+def _hub_as_index(registry: str) -> str:
+    """containers/image names Docker Hub `index.docker.io` in that fallback."""
+    return "index.docker.io" if registry in ("docker.io", "registry-1.docker.io") else registry
 
 
 def _decode_auth(auth: str, where: str) -> tuple[str, str]:

@@ -252,3 +252,102 @@ def test_an_unchanged_file_is_not_reparsed(tmp_path):
     write_secret(path, {"quay.io": auth("alice")}, mtime_ns=1_000_000_000)
     secret_file = PullSecretFile(path)
     assert secret_file.current() is secret_file.current()
+
+
+# -- per endpoint, as containers/image reads an auth file ------------------------------
+# Cases from containers/image's TestGetAuth (refpath.json, full.json, abnormal.json), and
+# checked against containers/image v5.38 (CRI-O 1.36.3's `pkg/docker/config`).
+
+ENDPOINT_SECRET = {
+    "example.org/repo": auth("example"), "example.org": auth("local"),
+    "docker.io/vendor": auth("first"), "docker.io": auth("top"),
+    "docker.io/library/busybox": auth("library-busybox"), "docker.io/library": auth("library-other"),
+    "localhost": auth("local-host"), "localhost:5000": auth("localhost-5000"),
+    "10.10.30.45:5000": auth("ip-5000"),
+    "https://normalize.example.org/v1": auth("normalize"),
+    "https://reg2.example.com/org": auth("scheme-path"),
+    "quay.io": auth("canonical"), "quay.io/openshift-release-dev": auth("canonical-ns"),
+    "127.0.0.1:5000": auth("mirror"), "127.0.0.1:5000/openshift-release-dev/ocp-release": auth("mirror-repo"),
+    "*.wild.example": auth("glob"),
+    "up.example.com": {"username": "u", "password": SECRET},
+    "tok.example.com": {"identitytoken": "id-" + SECRET},
+    "empty.example.com": auth("host-below-empty"), "empty.example.com/ns": {"email": "x@example.com"},
+    "Upper.Example.com": auth("upper"),
+}
+
+
+@pytest.mark.parametrize("host, path, user", [
+    ("example.org", "repo/image", "example"), ("example.org", "repo", "example"), ("example.org", "image", "local"),
+    ("docker.io", "library/busybox", "library-busybox"), ("docker.io", "library/notbusybox", "library-other"),
+    ("docker.io", "vendor/product", "first"), ("docker.io", "other-vendor/other-product", "top"),
+    ("localhost", "x", "local-host"), ("localhost:5000", "x", "localhost-5000"), ("10.10.30.45:5000", "x", "ip-5000"),
+    ("10.10.30.45", "x", None),  # the port is part of the key
+    ("normalize.example.org", "a/b", "normalize"),  # a key with a scheme names its host, path ignored
+    ("reg2.example.com", "other", "scheme-path"),
+    ("quay.io", "openshift-release-dev/ocp-release", "canonical-ns"), ("quay.io", "other/app", "canonical"),
+    ("127.0.0.1:5000", "openshift-release-dev/ocp-release", "mirror-repo"),
+    ("127.0.0.1:5000", "openshift-release-dev/other", "mirror"), ("127.0.0.1:5001", "x", None),
+    ("a.wild.example", "x", None),  # no globs
+    ("up.example.com", "x", None),  # username/password fields are not read
+    ("tok.example.com", "x", None),  # an identity token alone is not read
+    ("empty.example.com", "ns/x", None),  # the first key present decides, even when empty
+    ("upper.example.com", "x", None), ("Upper.Example.com", "x", "upper"),  # keys are case sensitive
+])
+def test_lookup_endpoint_picks_the_key_containers_image_picks(host, path, user):
+    credentials = secret(ENDPOINT_SECRET).lookup_endpoint(host, path)
+    assert (credentials.username if credentials else None) == user
+    if credentials:
+        assert credentials.server_address == host and credentials.password == SECRET
+
+
+def test_lookup_endpoint_reads_the_identity_token_beside_an_auth():
+    entry = auth("00000000-0000-0000-0000-000000000000", "") | {"identitytoken": "id-" + SECRET}
+    credentials = secret({"example.org": entry}).lookup_endpoint("example.org", "x")
+    assert (credentials.username, credentials.password, credentials.identity_token) == (
+        "00000000-0000-0000-0000-000000000000", "", "id-" + SECRET)
+
+
+def test_lookup_endpoint_names_docker_hub_index_docker_io_in_its_fallback():
+    for key in ("https://index.docker.io/v1/", "index.docker.io", "registry-1.docker.io"):
+        assert secret({key: auth("hub")}).lookup_endpoint("docker.io", "library/busybox").username == "hub", key
+
+
+@pytest.mark.parametrize("endpoint, user", [
+    ("quay.io/openshift-release-dev/ocp-release", "canonical-ns"),  # the AuthConfig pinsvc sends
+    ("quay.io/mirror-org/ocp-release", "canonical-ns"),  # same host: CRI-O sends the AuthConfig there too
+    ("127.0.0.1:5000/openshift-release-dev/ocp-release", "mirror-repo"),  # another host: its own key
+    ("127.0.0.1:5000/other/ocp-release", "mirror"),
+    ("mirror.example.net/ocp-release", None),  # never the canonical registry's credentials
+])
+def test_for_endpoint_gives_what_crio_sends_to_each_endpoint(endpoint, user):
+    image = ref("quay.io/openshift-release-dev/ocp-release")
+    credentials = secret(ENDPOINT_SECRET).for_endpoint(image, ref(endpoint))
+    assert (credentials.username if credentials else None) == user
+
+
+def test_for_endpoint_uses_only_user_and_password_of_the_auth_config():
+    """CRI-O reads the user and password of the CRI AuthConfig and nothing else: a
+    token-only entry leaves the endpoint to the auth file's own entry."""
+    image = ref("tok.example.com/app")
+    pull_secret = secret({"tok.example.com/app": {"identitytoken": "id-" + SECRET},
+                          "tok.example.com": auth("file-user")})
+    assert pull_secret.lookup(image).identity_token == "id-" + SECRET
+    assert pull_secret.for_endpoint(image, image) is None, "the auth file's first key present decides"
+    with_user = secret({"quay.io": auth("alice") | {"identitytoken": "id-" + SECRET}})
+    credentials = with_user.for_endpoint(ref("quay.io/app"), ref("quay.io/app"))
+    assert (credentials.username, credentials.password, credentials.identity_token) == ("alice", SECRET, "")
+
+
+def test_endpoint_lookups_follow_the_file(tmp_path):
+    path = tmp_path / "config.json"
+    secret_file = PullSecretFile(path)
+    write_secret(path, {"127.0.0.1:5000": auth("mirror")}, mtime_ns=1_000_000_000)
+    assert secret_file.lookup_endpoint("127.0.0.1:5000", "x").username == "mirror"
+    assert secret_file.for_endpoint(ref("quay.io/x"), ref("127.0.0.1:5000/x")).username == "mirror"
+    write_secret(path, {}, mtime_ns=2_000_000_000)
+    assert secret_file.lookup_endpoint("127.0.0.1:5000", "x") is None
+
+
+def test_endpoint_credentials_never_show_a_secret():
+    credentials = secret(ENDPOINT_SECRET).lookup_endpoint("quay.io", "x")
+    assert SECRET not in repr(credentials) and SECRET not in repr(secret(ENDPOINT_SECRET))
