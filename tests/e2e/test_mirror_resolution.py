@@ -12,7 +12,7 @@ import re
 import pytest
 
 from pinsvc.adapters.registries_conf import RegistriesConfFiles
-from pinsvc.devenv.crio import CrioError
+from devenv.crio import CrioError
 from pinsvc.refs import parse_reference
 from tests.e2e.helpers import free_port
 

@@ -7,7 +7,7 @@ pull and left the node Degraded). crictl is the witness that CRI-O refuses them 
 import grpc
 import pytest
 
-from pinsvc.devenv.crio import CrioError
+from devenv.crio import CrioError
 from pinsvc_client import SetSpec
 from tests.e2e.conftest import apply
 from tests.e2e.helpers import set_status

@@ -38,6 +38,8 @@ BREAKS = {
     "core imports the API layer": ("pinsvc/core/space.py", "from pinsvc.api import convert",
                                    "pinsvc.core.space -> pinsvc.api.convert"),
     "plain type imports settings": ("pinsvc/model.py", "from pinsvc import config", "pinsvc.model -> pinsvc.config"),
+    "pure mirror resolver imports an adapter": ("pinsvc/mirrors/resolve.py", "from pinsvc.adapters import cri",
+                                                "pinsvc.mirrors.resolve -> pinsvc.adapters.cri"),
     "core imports CRI stubs": ("pinsvc/core/pull.py", "from pinsvc.gen.runtime.v1 import api_pb2",
                                "pinsvc.core.pull -> pinsvc.gen.runtime.v1.api_pb2"),
     "core imports the client package": ("pinsvc/core/verify.py", "import pinsvc_client",
