@@ -563,7 +563,8 @@ def coordinator_main(args: argparse.Namespace) -> int:
     MachineConfigNode / MachineConfigPool documents (the same shape as pinctl -o json)."""
     from pinsvc.client import connect
     from pinsvc.coordinator import loader, selection
-    from pinsvc.coordinator.rollout import UPDATED, Options, Record, Rollout, plan_rollout, rollout_id
+    from pinsvc.coordinator.record import UPDATED, Record
+    from pinsvc.coordinator.rollout import Options, Rollout, plan_rollout, rollout_id
 
     cluster = loader.load([args.cluster])
     plans = plan_rollout(cluster, endpoints=selection.load_endpoint_map(args.endpoints))

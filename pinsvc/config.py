@@ -13,15 +13,26 @@ import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pinsvc.errors import InvalidArgument
+from pinsvc.retry import Backoff
 
 GiB = 1 << 30
 
 
 def _f(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
+
+
+# An embedded Backoff is set through flat keys: `<prefix>max_attempts`, `<prefix>backoff_factor`...
+_BACKOFF_KEYS = {"attempts": "max_attempts", "initial_seconds": "backoff_initial_seconds",
+                 "factor": "backoff_factor", "max_seconds": "backoff_max_seconds", "jitter": "backoff_jitter"}
+
+
+def _backoff(default: Backoff, retried: str, prefix: str = "") -> Any:
+    """A topic's retry schedule; `retried` names what it retries (in each key's help)."""
+    return field(default=default, metadata={"help": retried, "prefix": prefix})
 
 
 @dataclass(frozen=True)
@@ -50,11 +61,8 @@ class PullSettings:
     parallelism: int = _f(5, "pulls in flight per request unless the request says otherwise")
     max_parallelism: int = _f(10, "pulls in flight on the node across all requests")
     attempt_timeout_seconds: float = _f(900.0, "bound of one pull attempt, queue time excluded (0 = none)")
-    max_attempts: int = _f(5, "attempts per image for transient failures")
-    backoff_initial_seconds: float = _f(1.0, "wait before the second attempt")
-    backoff_factor: float = _f(2.0, "growth of the wait per attempt")
-    backoff_max_seconds: float = _f(10.0, "cap of the wait between attempts")
-    backoff_jitter: float = _f(0.2, "random +/- fraction applied to each wait")
+    backoff: Backoff = _backoff(Backoff(initial_seconds=1.0, factor=2.0, max_seconds=10.0, jitter=0.2, attempts=5),
+                                "pulls of an image")
 
 
 @dataclass(frozen=True)
@@ -88,6 +96,8 @@ class RegistrySettings:
     pull_secret: Path = _f(Path("/var/lib/kubelet/config.json"), "kubelet pull secret (docker config.json format)")
     timeout_seconds: float = _f(30.0, "bound of one manifest request")
     max_concurrency: int = _f(16, "manifest requests in flight")
+    backoff: Backoff = _backoff(Backoff(initial_seconds=0.5, factor=2.0, max_seconds=10.0, jitter=0.0, attempts=3),
+                                "manifest and token requests")
 
 
 @dataclass(frozen=True)
@@ -96,6 +106,10 @@ class Settings:
     cri_endpoint: str = _f("unix:///var/run/crio/crio.sock", "CRI endpoint of the runtime")
     cri_timeout_seconds: float = _f(10.0, "bound of one CRI call other than PullImage")
     cri_connect_wait_seconds: float = _f(2.0, "how long a CRI call first waits for the runtime's socket to connect (again, e.g. after a restart) before failing as unreachable (0 = fail at once)")
+    cri_fs_info_backoff: Backoff = _backoff(
+        Backoff(initial_seconds=0.05, factor=2.0, max_seconds=0.2, jitter=0.0, attempts=5),
+        "ImageFsInfo calls that race a pull (a temp file vanishing under CRI-O's walk of its store)",
+        prefix="cri_fs_info_")
     state_dir: Path = _f(Path("/var/lib/pinsvc"), "where the state file and manifest cache live")
     log_level: str = _f("info", "debug, info, warning or error")
     log_format: str = _f("text", "text, or json (one object a line, with the trace id of a traced request)")
@@ -123,21 +137,37 @@ def _sections() -> dict[str, type]:
     """Section name -> settings class, for the nested dataclasses of Settings."""
     hints = typing.get_type_hints(Settings)
     return {f.name: hints[f.name] for f in dataclasses.fields(Settings)
-            if dataclasses.is_dataclass(hints[f.name])}
+            if dataclasses.is_dataclass(hints[f.name]) and hints[f.name] is not Backoff}
 
 
-def _leaves() -> list[tuple[str | None, str, type, str]]:
-    """(section or None, field, type, help) for every setting."""
+class _Leaf(NamedTuple):
+    """One setting as files, the environment and flags name it."""
+
+    section: str | None  # None: a top-level setting
+    name: str
+    kind: type
+    help: str
+    field: str  # the dataclass field it fills (of the section, or of Settings)
+    part: str | None = None  # for the keys of an embedded Backoff: its field
+
+
+def _leaves_of(section: str | None, cls: type) -> list[_Leaf]:
     out = []
-    top_hints = typing.get_type_hints(Settings)
-    for f in dataclasses.fields(Settings):
-        cls = top_hints[f.name]
-        if dataclasses.is_dataclass(cls):
-            hints = typing.get_type_hints(cls)
-            out += [(f.name, g.name, hints[g.name], g.metadata["help"]) for g in dataclasses.fields(cls)]
-        else:
-            out.append((None, f.name, cls, f.metadata["help"]))
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if hints[f.name] is Backoff:
+            parts = typing.get_type_hints(Backoff)
+            out += [_Leaf(section, f.metadata["prefix"] + _BACKOFF_KEYS[g.name], parts[g.name],
+                          f"{f.metadata['help']}: {g.metadata['help']}", f.name, g.name)
+                    for g in dataclasses.fields(Backoff)]
+        elif section is not None or f.name not in _sections():
+            out.append(_Leaf(section, f.name, hints[f.name], f.metadata["help"], f.name))
     return out
+
+
+def _leaves() -> list[_Leaf]:
+    """Every setting: the top-level ones, then each section's."""
+    return _leaves_of(None, Settings) + [leaf for name, cls in _sections().items() for leaf in _leaves_of(name, cls)]
 
 
 def _convert(value: Any, kind: type, name: str) -> Any:
@@ -164,7 +194,7 @@ def _convert(value: Any, kind: type, name: str) -> Any:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds `--config` and one flag per setting (default None = not given)."""
     parser.add_argument("--config", type=Path, help="TOML settings file (sections as below)")
-    for section, name, kind, help in _leaves():
+    for section, name, kind, help, _, _ in _leaves():
         flag = "--" + (f"{section}-{name}" if section else name).replace("_", "-")
         dest = f"{section}__{name}" if section else name
         if kind is bool:
@@ -188,7 +218,7 @@ def load(args: argparse.Namespace | None = None, env: dict[str, str] | None = No
             doc = tomllib.loads(Path(file).read_text())
         except (OSError, tomllib.TOMLDecodeError) as e:
             raise InvalidArgument(f"settings file {file}: {e}") from e
-        known = {(s, n) for s, n, _, _ in _leaves()}
+        known = {(leaf.section, leaf.name) for leaf in _leaves()}
         for key, value in doc.items():
             if isinstance(value, dict) and key in _sections():
                 for sub, v in value.items():
@@ -199,7 +229,7 @@ def load(args: argparse.Namespace | None = None, env: dict[str, str] | None = No
                 values[(None, key)] = value
             else:
                 raise InvalidArgument(f"settings file {file}: unknown setting {key}")
-    for section, name, _, _ in _leaves():
+    for section, name, *_ in _leaves():
         var = "PINSVC_" + (f"{section}_{name}" if section else name).upper()
         if var in env:
             values[(section, name)] = env[var]
@@ -210,15 +240,23 @@ def load(args: argparse.Namespace | None = None, env: dict[str, str] | None = No
 
 
 def build(values: dict[tuple[str | None, str], Any]) -> Settings:
-    kinds = {(s, n): k for s, n, k, _ in _leaves()}
-    top: dict[str, Any] = {}
-    nested: dict[str, dict[str, Any]] = {}
+    leaves = {(leaf.section, leaf.name): leaf for leaf in _leaves()}
+    given: dict[str | None, dict[str, Any]] = {}  # section (None: top level) -> field -> value
+    backoffs: dict[tuple[str | None, str], dict[str, Any]] = {}  # (section, field) -> Backoff field -> value
     for (section, name), value in values.items():
-        label = f"{section}.{name}" if section else name
-        converted = _convert(value, kinds[(section, name)], label)
-        (nested.setdefault(section, {}) if section else top)[name] = converted
+        leaf = leaves[(section, name)]
+        converted = _convert(value, leaf.kind, f"{section}.{name}" if section else name)
+        if leaf.part is None:
+            given.setdefault(section, {})[name] = converted
+        else:
+            backoffs.setdefault((section, leaf.field), {})[leaf.part] = converted
+    for (section, name), parts in backoffs.items():
+        cls = _sections()[section] if section else Settings
+        default = next(f.default for f in dataclasses.fields(cls) if f.name == name)
+        given.setdefault(section, {})[name] = dataclasses.replace(default, **parts)
+    top = given.get(None, {})
     for section, cls in _sections().items():
-        top[section] = cls(**nested.get(section, {}))
+        top[section] = cls(**given.get(section, {}))
     settings = Settings(**top)
     validate(settings)
     return settings
@@ -232,8 +270,12 @@ def validate(s: Settings) -> None:
         problems.append(f"log_format {s.log_format!r} is not one of text, json")
     if s.pull.parallelism < 1 or s.pull.max_parallelism < 1:
         problems.append("pull.parallelism and pull.max_parallelism must be >= 1")
-    if s.pull.max_attempts < 1:
-        problems.append(f"pull.max_attempts {s.pull.max_attempts} must be >= 1")
+    for leaf in _leaves():
+        if leaf.part is not None:
+            backoff = getattr(getattr(s, leaf.section) if leaf.section else s, leaf.field)
+            if rule := backoff.problems().get(leaf.part):
+                label = f"{leaf.section}.{leaf.name}" if leaf.section else leaf.name
+                problems.append(f"{label} {getattr(backoff, leaf.part)} {rule}")
     if not s.verify.drift_interval_seconds >= 0:
         problems.append(f"verify.drift_interval_seconds {s.verify.drift_interval_seconds} must be >= 0 (0 = off)")
     if not s.cri_connect_wait_seconds >= 0:

@@ -15,11 +15,13 @@ import grpc
 
 
 class PinsvcError(Exception):
-    """Base of every error pinsvc raises on purpose."""
+    """Base of every error pinsvc raises on purpose. `retryable`: trying again later can
+    help; `retry_after_seconds`: how long the peer asked to wait first (None = not said)."""
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
     error_class = "internal"
     retryable: bool = False
+    retry_after_seconds: float | None = None
 
 
 class InvalidArgument(PinsvcError):

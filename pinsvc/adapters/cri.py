@@ -21,14 +21,14 @@ import grpc
 
 from pinsvc import errors, tracing
 from pinsvc.adapters.pullsecret import Credentials
+from pinsvc.config import Settings
 from pinsvc.gen.runtime.v1 import api_pb2, api_pb2_grpc
 from pinsvc.model import RuntimeImage
+from pinsvc.retry import Backoff, retry
 
 log = logging.getLogger("pinsvc.cri")
 
 _MAX_MESSAGE = 64 << 20  # ListImages on a busy node is large
-_FS_INFO_ATTEMPTS = 5
-_FS_INFO_RETRY_SECONDS = 0.05  # times the attempt number
 
 # Phrases of runtime error messages (lower case). HTTP status codes are matched as whole
 # numbers only, never inside a port or a digest (":43401" is not a 401).
@@ -59,10 +59,12 @@ def target(endpoint: str) -> str:
 class CriClient:
     """ImageService calls with plain types in and out."""
 
-    def __init__(self, endpoint: str, *, timeout: float = 10.0, connect_wait: float = 2.0):
+    def __init__(self, endpoint: str, *, timeout: float = 10.0, connect_wait: float = 2.0,
+                 fs_info_backoff: Backoff = Settings().cri_fs_info_backoff):
         self.endpoint = endpoint
         self.timeout = timeout or None
         self.connect_wait = connect_wait
+        self.fs_info_backoff = fs_info_backoff
         self._channel = grpc.aio.insecure_channel(target(endpoint), interceptors=tracing.client_interceptors(), options=[
             ("grpc.max_receive_message_length", _MAX_MESSAGE),
             # Reconnect quickly after a runtime restart.
@@ -135,19 +137,19 @@ class CriClient:
 
         CRI-O computes the used bytes by walking its image store, and fails the call when a
         temp file of a concurrent pull vanishes under the walk (UNKNOWN "lstat ...: no such
-        file or directory"); that race is retried a few times."""
-        for attempt in range(1, _FS_INFO_ATTEMPTS + 1):
+        file or directory"); that race is retried on `fs_info_backoff`."""
+        async def attempt(_: int) -> api_pb2.ImageFsInfoResponse:
             await self._ready()
             try:
-                resp = await self._stub.ImageFsInfo(api_pb2.ImageFsInfoRequest(), timeout=self.timeout)
+                return await self._stub.ImageFsInfo(api_pb2.ImageFsInfoRequest(), timeout=self.timeout)
             except grpc.aio.AioRpcError as e:
-                if attempt < _FS_INFO_ATTEMPTS and _walk_race(e):
-                    log.debug("ImageFsInfo raced with a pull (attempt %d): %s", attempt, e.details())
-                    await asyncio.sleep(_FS_INFO_RETRY_SECONDS * attempt)
-                    continue
                 raise self._error(e, "ImageFsInfo") from e
-            return [FsUsage(fs.fs_id.mountpoint, fs.used_bytes.value) for fs in resp.image_filesystems]
-        raise AssertionError("unreachable")
+
+        # Only the race is retried here: an unreachable runtime was waited for already
+        # (connect_wait), and the callers decide about every other failure.
+        resp = await retry(attempt, self.fs_info_backoff, what="ImageFsInfo", logger=log, level=logging.DEBUG,
+                           retryable=_walk_race)
+        return [FsUsage(fs.fs_id.mountpoint, fs.used_bytes.value) for fs in resp.image_filesystems]
 
     def _error(self, e: grpc.aio.AioRpcError, what: str) -> errors.PinsvcError:
         code = e.code()
@@ -161,9 +163,11 @@ class CriClient:
                                                        grpc.StatusCode.ABORTED))
 
 
-def _walk_race(e: grpc.aio.AioRpcError) -> bool:
+def _walk_race(error: BaseException) -> bool:
     """ImageFsInfo failed because a file vanished while CRI-O walked its image store."""
-    return e.code() == grpc.StatusCode.UNKNOWN and "no such file or directory" in (e.details() or "")
+    e = error.__cause__
+    return (isinstance(e, grpc.aio.AioRpcError) and e.code() == grpc.StatusCode.UNKNOWN
+            and "no such file or directory" in (e.details() or ""))
 
 
 def pull_error(image: str, e: grpc.aio.AioRpcError) -> errors.PinsvcError:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import functools
 import json
 import logging
@@ -36,9 +37,10 @@ from pinsvc_client import PinError, SetSpec, to_dict
 from pinsvc import errors, tracing
 from pinsvc.client import add_tls_arguments, connect, tls_from_args
 from pinsvc.coordinator import loader, report, selection
-from pinsvc.coordinator.rollout import (APPLYING, DEFAULT_PORT, FAILED, UNAVAILABLE, UPDATED, WARNING, NodeRecord,
-                                        Options, Record, Rollout, plan_rollout, rollout_id, status_doc)
+from pinsvc.coordinator.record import APPLYING, FAILED, UNAVAILABLE, UPDATED, WARNING, NodeRecord, Record, status_doc
+from pinsvc.coordinator.rollout import DEFAULT_PORT, Options, Rollout, plan_rollout, rollout_id
 from pinsvc.progress import ApplyProgress
+from pinsvc.retry import Backoff
 
 _DONE = (UPDATED, FAILED, UNAVAILABLE, "Skipped", "NotStarted", "Paused")
 
@@ -102,8 +104,25 @@ def _options(args) -> Options:
                    canary_pause=getattr(args, "canary_pause", False),
                    abort_after=getattr(args, "abort_after", 1),
                    node_deadline_seconds=getattr(args, "node_deadline", 3600.0),
-                   retries=getattr(args, "retries", 3), concurrency=args.concurrency,
+                   backoff=_backoff(args), concurrency=args.concurrency,
                    parallelism=getattr(args, "parallelism", 0))
+
+
+# Backoff field -> the flag that sets it (`rollout` only; other commands keep the defaults).
+_RETRY_FLAGS = {"attempts": "retries", "initial_seconds": "retry_backoff_initial_seconds",
+                "factor": "retry_backoff_factor", "max_seconds": "retry_backoff_max_seconds",
+                "jitter": "retry_backoff_jitter"}
+
+
+def _backoff(args) -> Backoff:
+    """The schedule of calls to unavailable agents from --retries and --retry-backoff-*."""
+    given = {name: getattr(args, dest) for name, dest in _RETRY_FLAGS.items() if getattr(args, dest, None) is not None}
+    backoff = dataclasses.replace(Options().backoff, **given)
+    backoff = dataclasses.replace(backoff, attempts=max(backoff.attempts, 1))  # --retries 0: one attempt
+    if problems := backoff.problems():
+        raise errors.InvalidArgument([f"--{_RETRY_FLAGS[name].replace('_', '-')} {getattr(backoff, name)} {rule}"
+                                      for name, rule in problems.items()])
+    return backoff
 
 
 def _connect(args):
@@ -224,7 +243,17 @@ def parser() -> argparse.ArgumentParser:
     roll.add_argument("--max-parallel", type=int, default=0, help="nodes applying at once per pool (default: maxUnavailable)")
     roll.add_argument("--abort-after", type=int, default=1, help="abort a pool once N nodes failed (0 = never)")
     roll.add_argument("--node-deadline", type=float, default=3600.0, help="seconds per node")
-    roll.add_argument("--retries", type=int, default=3, help="attempts per node while its agent is unavailable")
+    retry = Options().backoff
+    roll.add_argument("--retries", type=int, default=retry.attempts,
+                      help="attempts per node while its agent is unavailable (default %(default)s)")
+    roll.add_argument("--retry-backoff-initial-seconds", type=float, default=retry.initial_seconds,
+                      help="wait before the second attempt (default %(default)s)")
+    roll.add_argument("--retry-backoff-factor", type=float, default=retry.factor,
+                      help="growth of the wait per attempt (default %(default)s)")
+    roll.add_argument("--retry-backoff-max-seconds", type=float, default=retry.max_seconds,
+                      help="cap of the wait between attempts (default %(default)s)")
+    roll.add_argument("--retry-backoff-jitter", type=float, default=retry.jitter,
+                      help="random +/- fraction applied to each wait (default %(default)s)")
     roll.add_argument("--parallelism", type=int, default=0, help="pulls in flight per node (0 = agent default)")
     roll.add_argument("--record-dir", help="where the durable rollout record lives (default ~/.local/state/pinctl)")
     status = sub.add_parser("status", help="MachineConfigNode/Pool status read live from every agent")

@@ -9,8 +9,9 @@ from collections.abc import Iterable
 
 import yaml
 
-from pinsvc.coordinator.rollout import (DEGRADED, FAILED, NOT_STARTED, PAUSED, SKIPPED, UNAVAILABLE, UPDATED,
-                                        NodeRecord, PoolPlan)
+from pinsvc.coordinator.record import (DEGRADED, FAILED, NOT_STARTED, PAUSED, SKIPPED, UNAVAILABLE, UPDATED,
+                                      NodeRecord)
+from pinsvc.coordinator.rollout import PoolPlan
 
 API = "machineconfiguration.openshift.io/v1"
 _REASONS = {UNAVAILABLE: "AgentUnavailable", SKIPPED: "NodeSkipped", FAILED: "PrefetchFailed",

@@ -17,31 +17,25 @@ import asyncio
 import hashlib
 import json
 import logging
-import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 from pinsvc_client import PinClient, PinError, SetSpec, pb
 
 from pinsvc import errors, tracing
 from pinsvc.client import connect
-from pinsvc.files import write_atomic
 from pinsvc.coordinator import selection
 from pinsvc.coordinator.objects import Cluster, PinnedImageSet
+from pinsvc.coordinator.record import (APPLYING, CHECKED, FAILED, NOT_STARTED, PAUSED, PENDING, SKIPPED, UNAVAILABLE,
+                                       UPDATED, WARNING, NodeRecord, Record, status_doc)
+from pinsvc.retry import Backoff, retry
 
 log = logging.getLogger("pinsvc.coordinator")
 
 DEFAULT_PORT = 9440
 SAVE_INTERVAL_SECONDS = 1.0
-
-# Node outcomes.
-PENDING, SKIPPED, UPDATED, FAILED, UNAVAILABLE, NOT_STARTED, PAUSED = (
-    "Pending", "Skipped", "Updated", "Failed", "Unavailable", "NotStarted", "Paused")
-APPLYING, CHECKED, WARNING = "Applying", "Checked", "Warning"
-DEGRADED = "PinnedImageSetsDegraded"
 
 
 @dataclass(frozen=True)
@@ -94,26 +88,6 @@ def plan_rollout(cluster: Cluster, *, port: int = DEFAULT_PORT,
     return plans
 
 
-@dataclass
-class NodeRecord:
-    """What the coordinator knows of one node; the durable record holds these."""
-
-    node: str
-    pool: str
-    endpoint: str
-    state: str = PENDING
-    reason: str = ""
-    attempts: int = 0
-    images: int = 0
-    images_done: int = 0
-    bytes_done: int = 0
-    required_bytes: int = 0
-    free_bytes: int = 0
-    fits: bool | None = None
-    status: dict | None = None  # the agent's NodeStatus as JSON
-    seconds: float = 0.0
-
-
 @dataclass(frozen=True)
 class Options:
     max_parallel: int = 0  # 0 = each pool's maxUnavailable
@@ -121,8 +95,8 @@ class Options:
     canary_pause: bool = False  # stop after the canary (rerun to go on)
     abort_after: int = 1  # abort a pool once more than this many nodes failed (0 = never)
     node_deadline_seconds: float = 3600.0
-    retries: int = 3  # attempts per node when its agent is unavailable
-    retry_backoff_seconds: float = 1.0
+    # attempts per node while its agent is unavailable, and the waits between them
+    backoff: Backoff = Backoff(initial_seconds=1.0, factor=2.0, max_seconds=30.0, jitter=0.2, attempts=3)
     concurrency: int = 100  # agent calls in flight across all pools
     parallelism: int = 0  # pulls in flight per node (0 = the agent's default)
     preflight: bool = True
@@ -135,31 +109,6 @@ def rollout_id(plans: list[PoolPlan]) -> str:
     """Stable id of a desired state: the same cluster input resumes the same record."""
     doc = sorted((t.node, t.endpoint, [(s.name, s.generation) for s in t.sets]) for p in plans for t in p.targets)
     return hashlib.sha256(json.dumps(doc).encode()).hexdigest()[:16]
-
-
-class Record:
-    """The durable rollout record: one JSON file, rewritten atomically on every change."""
-
-    def __init__(self, path: Path | None):
-        self.path = path
-        self.nodes: dict[str, NodeRecord] = {}
-        if path and path.exists():
-            doc = json.loads(path.read_text())
-            self.nodes = {n["node"]: NodeRecord(**n) for n in doc.get("nodes", [])}
-
-    def node(self, target: Target) -> NodeRecord:
-        record = self.nodes.get(target.node)
-        if record is None or record.endpoint != target.endpoint:
-            record = self.nodes[target.node] = NodeRecord(target.node, target.pool, target.endpoint)
-        record.pool = target.pool
-        return record
-
-    def save(self) -> None:
-        if self.path is None:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        data = json.dumps({"nodes": [vars(n) for n in self.nodes.values()]}).encode()
-        write_atomic(self.path, data)
 
 
 def is_current(status: pb.NodeStatus, target: Target) -> bool:
@@ -407,25 +356,20 @@ class Rollout:
     async def _call(self, target: Target, fn, record: NodeRecord):
         """Calls the agent over the node's channel (one per node for the whole rollout),
         retrying on a fresh channel while it is unavailable."""
-        attempts = max(self.options.retries, 1)
-        for attempt in range(1, attempts + 1):
-            record.attempts = attempt
+        async def attempt(n: int):
+            record.attempts = n
             client = self._clients.get(target.node)
             if client is None:
                 client = self._clients[target.node] = self.connect(target.endpoint, target.node)
             try:
                 return await fn(client)
             except PinError as e:
-                if not _unavailable(e):
-                    raise
-                # A channel in backoff after a failure would delay the retry: start afresh.
-                await self._clients.pop(target.node).close()
-                if attempt == attempts:
-                    raise
-                wait = self.options.retry_backoff_seconds * 2 ** (attempt - 1) * random.uniform(0.8, 1.2)
-                log.warning("node %s: agent at %s unavailable (%s); attempt %d/%d, retrying in %.1fs",
-                            target.node, target.endpoint, e.details(), attempt, attempts, wait)
-                await asyncio.sleep(wait)
+                if e.retryable:  # a channel in backoff after a failure would delay the retry: start afresh
+                    await self._clients.pop(target.node).close()
+                raise
+
+        return await retry(attempt, self.options.backoff, what=f"node {target.node}: agent at {target.endpoint}",
+                           logger=log)
 
     async def aclose(self) -> None:
         """Closes every agent channel."""
@@ -439,19 +383,3 @@ class Rollout:
         if force or now - self._saved_at >= SAVE_INTERVAL_SECONDS:
             self.record.save()
             self._saved_at = now
-
-
-def status_doc(status: pb.NodeStatus) -> dict:
-    """The agent's NodeStatus as MachineConfigNode.status (failure fields only when set)."""
-    sets = []
-    for s in status.pinned_image_sets:
-        entry = {"name": s.name, "desiredGeneration": s.desired_generation}
-        if s.current_generation:
-            entry["currentGeneration"] = s.current_generation
-        if s.last_failed_generation:
-            entry["lastFailedGeneration"] = s.last_failed_generation
-            entry["lastFailedGenerationError"] = s.last_failed_generation_error
-        sets.append(entry)
-    conditions = [{"type": c.type, "status": c.status, "reason": c.reason, "message": c.message,
-                   "lastTransitionTime": c.last_transition_time} for c in status.conditions]
-    return {"pinnedImageSets": sets, "conditions": conditions}

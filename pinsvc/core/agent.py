@@ -147,7 +147,8 @@ class Agent:
                         crio_config=settings.dropin.crio_config)
         socket = settings.cri_endpoint.removeprefix("unix://").removeprefix("unix:")
         return cls(settings, cri=CriClient(settings.cri_endpoint, timeout=settings.cri_timeout_seconds,
-                                                connect_wait=settings.cri_connect_wait_seconds),
+                                                connect_wait=settings.cri_connect_wait_seconds,
+                                                fs_info_backoff=settings.cri_fs_info_backoff),
                    registry=registry, secret=secret, dropin=dropin,
                    reloader=Reloader(settings.reload, cri_socket=socket), store=StateStore(settings.state_dir),
                    metrics=metrics)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pinsvc import errors, tracing
 from pinsvc.config import PullSettings
 from pinsvc.model import ImageEvent, ImageEventKind as Kind, PullResult
+from pinsvc.retry import retry
 
 log = logging.getLogger("pinsvc.pull")
 
@@ -228,29 +229,26 @@ class Puller:
             return outcome
 
     async def _fly_attempts(self, flight: _Flight, call: _Call, after: asyncio.Task | None) -> _Outcome:
-        """Attempts until success, a final error, or max_attempts; backs off without slots."""
+        """Attempts until success, a final error, or the last attempt; backs off without slots."""
         if after is not None:
             await asyncio.wait([after])  # an abandoned pull of the same image is still stopping
-        s = self._settings
-        while True:
-            duration, error = await self._attempt(flight, call)
-            n = flight.attempts
-            if error is None:
-                return _Outcome(n, flight.queue_wait, duration=duration)
-            if not error.retryable or n >= s.max_attempts:
-                log.warning("pull %s: attempt %d/%d failed: %s; giving up", flight.image, n, s.max_attempts, error)
-                return _Outcome(n, flight.queue_wait, error=error)
-            delay = self.backoff(n)
-            log.warning("pull %s: attempt %d/%d failed: %s; retrying in %.2fs",
-                        flight.image, n, s.max_attempts, error, delay)
-            flight.broadcast(ImageEvent(flight.image, Kind.RETRYING, attempt=n, reason=str(error),
-                                        retry_in_seconds=delay, error_class=errors.error_class(error)))
-            tracing.add_event("retry", attempt=n, reason=str(error), retry_in_seconds=delay)
-            await self._sleep(delay)
 
-    async def _attempt(self, flight: _Flight, call: _Call) -> tuple[float, errors.PinsvcError | None]:
-        """One attempt under both slots: (duration, None) or (0, error). The timeout starts
-        once the slots are held."""
+        def retrying(attempt: int, error: Exception, delay: float) -> None:
+            flight.broadcast(ImageEvent(flight.image, Kind.RETRYING, attempt=attempt, reason=str(error),
+                                        retry_in_seconds=delay, error_class=errors.error_class(error)))
+            tracing.add_event("retry", attempt=attempt, reason=str(error), retry_in_seconds=delay)
+
+        try:
+            duration = await retry(lambda _: self._attempt(flight, call), self._settings.backoff,
+                                   what=f"pull {flight.image}", logger=log, on_retry=retrying,
+                                   sleep=self._sleep, rng=self._rng)
+        except errors.PinsvcError as error:
+            return _Outcome(flight.attempts, flight.queue_wait, error=error)
+        return _Outcome(flight.attempts, flight.queue_wait, duration=duration)
+
+    async def _attempt(self, flight: _Flight, call: _Call) -> float:
+        """One attempt under both slots: its duration, or raises its PinsvcError. The
+        timeout starts once the slots are held."""
         loop = asyncio.get_running_loop()
         queued = loop.time()
         async with call.slots, self._node_slots:
@@ -263,7 +261,9 @@ class Puller:
                 duration, error = await self._attempt_in_slot(flight, call, loop)
                 if error is not None:
                     tracing.set_error(error)
-                return duration, error
+        if error is not None:
+            raise error
+        return duration
 
     async def _attempt_in_slot(self, flight: _Flight, call: _Call, loop) -> tuple[float, errors.PinsvcError | None]:
         """The attempt itself, slots held; the timeout starts now."""
@@ -284,13 +284,6 @@ class Puller:
                     caller.stop_for_disk_full(flight.image, error)
             return 0.0, error
         return loop.time() - started, None
-
-    def backoff(self, attempt: int) -> float:
-        """Seconds to wait after failed attempt `attempt` (1-based): initial x factor^(n-1),
-        capped, then spread by +/- jitter."""
-        s = self._settings
-        base = min(s.backoff_initial_seconds * s.backoff_factor ** (attempt - 1), s.backoff_max_seconds)
-        return max(0.0, base * (1 + self._rng.uniform(-s.backoff_jitter, s.backoff_jitter)))
 
 
 def _as_pinsvc_error(image: str, e: Exception) -> errors.PinsvcError:

@@ -16,7 +16,7 @@ def test_flags_beat_env_beat_file(tmp_path):
     f = tmp_path / "pinsvc.toml"
     f.write_text('node_name = "file"\n[pull]\nparallelism = 2\nmax_attempts = 9\n[registry]\ninsecure = ["a:1"]\n')
     s = parse(["--pull-parallelism", "4"], env={"PINSVC_PULL_PARALLELISM": "3", "PINSVC_NODE_NAME": "env"}, file=f)
-    assert (s.pull.parallelism, s.pull.max_attempts, s.node_name, s.registry.insecure) == (4, 9, "env", ("a:1",))
+    assert (s.pull.parallelism, s.pull.backoff.attempts, s.node_name, s.registry.insecure) == (4, 9, "env", ("a:1",))
 
 
 def test_defaults_match_the_documented_ones():

@@ -18,6 +18,7 @@ from pinsvc.core.pull import Puller
 from pinsvc.metrics import Metrics, MetricsServer, parse_address, size_class
 from pinsvc.model import (ImageDetail, ImageEvent, ImageEventKind as K, ImagePlan, NodeStatus, SetStatus,
                           SpacePlan, StageEvent, StageKind)
+from pinsvc.retry import Backoff
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -225,7 +226,7 @@ async def test_the_real_puller_reports_error_classes(m):
     async def is_present(_):
         return False
 
-    puller = Puller(PullSettings(backoff_initial_seconds=0, backoff_jitter=0), pull=pull,
+    puller = Puller(PullSettings(backoff=Backoff(initial_seconds=0, jitter=0)), pull=pull,
                     is_present=is_present, sleep=sleep)
     results = await puller.pull_all([A, B], on_event=m.observer(lambda e: None))
     assert results[A].ok and not results[B].ok

@@ -13,6 +13,7 @@ from pinsvc import errors
 from pinsvc.config import PullSettings
 from pinsvc.core.pull import Puller
 from pinsvc.model import ImageEvent, ImageEventKind as K
+from pinsvc.retry import Backoff
 
 pytestmark = pytest.mark.timeout(5)
 
@@ -120,10 +121,11 @@ class FakeSleep:
             await self.hook()
 
 
-def settings(**kw) -> PullSettings:
-    base = dict(parallelism=5, max_parallelism=10, attempt_timeout_seconds=0, max_attempts=5,
-                backoff_initial_seconds=1.0, backoff_factor=2.0, backoff_max_seconds=10.0, backoff_jitter=0.0)
-    return PullSettings(**{**base, **kw})
+def settings(max_attempts=5, backoff_max_seconds=10.0, backoff_jitter=0.0, **kw) -> PullSettings:
+    base = dict(parallelism=5, max_parallelism=10, attempt_timeout_seconds=0)
+    backoff = Backoff(initial_seconds=1.0, factor=2.0, max_seconds=backoff_max_seconds, jitter=backoff_jitter,
+                      attempts=max_attempts)
+    return PullSettings(**{**base, **kw}, backoff=backoff)
 
 
 def make(rt: FakeRuntime, sleep=None, rng=None, **kw) -> Puller:

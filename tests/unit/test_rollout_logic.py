@@ -8,8 +8,9 @@ import pytest
 from pinsvc_client import NotFound, Unavailable, pb
 
 from pinsvc.coordinator.objects import PinnedImageSet
-from pinsvc.coordinator.rollout import (FAILED, NOT_STARTED, PAUSED, SKIPPED, UNAVAILABLE, UPDATED, Options,
-                                        PoolPlan, Rollout, Target)
+from pinsvc.coordinator.record import FAILED, NOT_STARTED, PAUSED, SKIPPED, UNAVAILABLE, UPDATED
+from pinsvc.coordinator.rollout import Options, PoolPlan, Rollout, Target
+from pinsvc.retry import Backoff
 
 SET = PinnedImageSet("s", 3, "", {}, ("r.io/a@sha256:" + "a" * 64,), "test")
 
@@ -72,9 +73,10 @@ def pool(name, nodes, width=1, paused=False, skip=()):
                                 for n in nodes), width, paused)
 
 
-async def run(plans, script, **options):
+async def run(plans, script, retries=3, **options):
     agents = ScriptedAgents(script)
-    rollout = Rollout(plans, Options(retry_backoff_seconds=0.01, **options), connect=agents)
+    rollout = Rollout(plans, Options(backoff=Backoff(initial_seconds=0.01, attempts=retries), **options),
+                      connect=agents)
     await rollout.run()
     return rollout, agents
 
