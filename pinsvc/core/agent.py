@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from pinsvc import errors, limits, tracing
 from pinsvc.adapters.cri import CriClient
 from pinsvc.adapters.pullsecret import PullSecretFile
-from pinsvc.adapters.registry import RegistryClient
+from pinsvc.adapters.registry.client import RegistryClient
 from pinsvc.config import Settings
 from pinsvc.core import drift
 from pinsvc.core.dropin import Dropin
@@ -140,7 +140,7 @@ class Agent:
             insecure_hosts=settings.registry.insecure, credentials=secret.lookup,
             timeout=settings.registry.timeout_seconds,
             max_concurrency=settings.registry.max_concurrency,
-            cache_dir=settings.state_dir / "manifests")
+            cache_dir=settings.state_dir / "manifests", backoff=settings.registry.backoff)
         dropin = Dropin(settings.dropin_path, settings.dropin_temp_dir,
                         adopt_foreign=settings.dropin.adopt_foreign,
                         crio_binary=settings.dropin.crio_binary,

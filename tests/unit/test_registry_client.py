@@ -25,21 +25,21 @@ from devenv import images
 from devenv.images import Image, Index, push_many
 from devenv.registry import Registry
 from pinsvc.adapters.pullsecret import Credentials, PullSecretFile
-from pinsvc.adapters.registry import (
-    Challenge,
+from pinsvc.adapters.registry.auth import Challenge, parse_challenges
+from pinsvc.adapters.registry.client import RegistryClient
+from pinsvc.adapters.registry.manifest import (
     ImageLayers,
-    Layer,
     ManifestIndex,
     Platform,
     PlatformManifest,
-    RegistryClient,
     choose_platform,
-    parse_challenges,
     parse_manifest,
     wanted_platforms,
 )
 from pinsvc.errors import ImageNotFound, RegistryError, Unauthorized
+from pinsvc.model import Layer
 from pinsvc.refs import ImageRef, parse_reference
+from pinsvc.retry import Backoff
 
 AMD64 = ("linux", "amd64", "")
 PASSWORD = "Corr3ct-Horse-Battery"
@@ -242,7 +242,7 @@ async def test_many_returns_results_and_errors_per_image(small, client):
 
 
 async def test_a_plain_http_registry_not_listed_as_insecure_fails_clearly(small):
-    async with RegistryClient(platform=AMD64, retry_attempts=1) as client:
+    async with RegistryClient(platform=AMD64, backoff=Backoff(attempts=1)) as client:
         with pytest.raises(RegistryError) as raised:
             await client.layers(small.refs["app-a"])
     assert "TLS handshake" in str(raised.value) and "insecure hosts" in str(raised.value)
@@ -263,13 +263,13 @@ async def own(tmp_path) -> AsyncIterator[Pushed]:
 
 async def test_a_stopped_registry_is_a_retryable_error(own, caplog):
     own.registry.stop()
-    async with RegistryClient(insecure_hosts=[own.registry.host], retry_attempts=3, retry_backoff=0.01) as client:
+    async with RegistryClient(insecure_hosts=[own.registry.host], backoff=Backoff(initial_seconds=0.01, attempts=3)) as client:
         with pytest.raises(RegistryError) as raised:
             await client.layers(own.refs["app-a"])
     assert raised.value.retryable is True
     assert str(raised.value) == f"image {own.refs['app-a']}: cannot reach {own.registry.host}: connection refused"
     assert raised.value.__cause__ is not None
-    retries = [r.getMessage() for r in caplog.records if "will retry" in r.getMessage()]
+    retries = [r.getMessage() for r in caplog.records if "retrying in" in r.getMessage()]
     assert [m.split(" failed")[0] for m in retries] == [
         f"image {own.refs['app-a']}: attempt 1/3", f"image {own.refs['app-a']}: attempt 2/3"]
 
@@ -292,7 +292,7 @@ async def test_the_disk_cache_survives_a_restart_of_the_agent(own, tmp_path):
 
     own.registry.stop()
     async with RegistryClient(insecure_hosts=[own.registry.host], platform=AMD64, cache_dir=cache,
-                              retry_attempts=1) as restarted:
+                              backoff=Backoff(attempts=1)) as restarted:
         assert await restarted.layers(own.refs["multiarch"]) == first
         with pytest.raises(RegistryError):  # not cached: it really asks the (stopped) registry
             await restarted.layers(own.refs["app-a"])
@@ -523,8 +523,9 @@ def _basic(user: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{PASSWORD}".encode()).decode()
 
 
-def scripted_client(server: Scripted, **kwargs) -> RegistryClient:
-    return RegistryClient(insecure_hosts=[server.host], platform=AMD64, retry_backoff=0.01, **kwargs)
+def scripted_client(server: Scripted, attempts: int = 3, **kwargs) -> RegistryClient:
+    return RegistryClient(insecure_hosts=[server.host], platform=AMD64,
+                          backoff=Backoff(initial_seconds=0.01, jitter=0.0, attempts=attempts), **kwargs)
 
 
 async def test_bearer_token_is_fetched_once_per_repository_and_reused(serve):
@@ -594,7 +595,7 @@ async def test_a_transient_503_is_retried(serve, caplog):
     async with scripted_client(server) as client:
         assert (await client.layers(server.ref(body))).layers[0].size == 5
     assert len(calls) == 2
-    assert any(f"attempt 1/3 failed (HTTP 503 from {server.host})" in r.getMessage() for r in caplog.records)
+    assert any(f"attempt 1/3 failed: HTTP 503 from {server.host}; retrying in" in r.getMessage() for r in caplog.records)
 
 
 async def test_a_lasting_503_is_a_retryable_error_after_three_attempts(serve):
@@ -652,7 +653,7 @@ async def test_an_oversized_answer_is_refused(serve):
 async def test_a_slow_registry_times_out_retryably(serve):
     server = serve(lambda seen: Answer(delay=2))
     ref = server.ref(b"x")
-    async with scripted_client(server, timeout=0.2, retry_attempts=1) as client:
+    async with scripted_client(server, timeout=0.2, attempts=1) as client:
         with pytest.raises(RegistryError) as raised:
             await client.layers(ref)
     assert str(raised.value) == f"image {ref}: {server.host} timed out"
