@@ -620,6 +620,21 @@ async def test_429_with_a_long_retry_after_is_reported_not_waited_for(serve):
     assert len(server.seen) == 1
 
 
+async def test_429_with_a_short_retry_after_waits_that_long(serve):
+    body = image_manifest("a", 5)
+    serve_manifest, calls = manifests(body), []
+
+    def limited(seen: Seen) -> Answer:
+        calls.append(seen)
+        return Answer(429, headers={"Retry-After": "1"}) if len(calls) == 1 else serve_manifest(seen)
+
+    server = serve(limited)
+    started = time.monotonic()
+    async with scripted_client(server) as client:
+        assert (await client.layers(server.ref(body))).layers[0].size == 5
+    assert len(calls) == 2 and time.monotonic() - started >= 1.0, "the 0.01 s backoff is not enough"
+
+
 async def test_other_4xx_is_not_retryable(serve):
     server = serve(lambda seen: Answer(400, b'{"errors":[{"code":"DIGEST_INVALID"}]}'))
     ref = server.ref(b"x")
