@@ -2,7 +2,8 @@
 # Install the real peers the tests and the demo use: CRI-O, crictl, conmon, crun and the
 # distribution registry. Idempotent: binaries are cached under $PINSVC_CACHE
 # (default ~/.cache/pinsvc) and reused by later runs and by CI. `--runtime-only` skips the
-# development tools (buf, protoc plugins, kubeconform) that only the tests need.
+# development tools (buf, protoc plugins, kubeconform) and the Kubernetes peers
+# (install-kube-peers.sh: etcd, kube-apiserver, kubectl, OpenShift's CRDs) that only the tests need.
 set -euo pipefail
 
 CACHE=${PINSVC_CACHE:-$HOME/.cache/pinsvc}
@@ -76,6 +77,9 @@ KUBECONFORM_VERSION=${KUBECONFORM_VERSION:-v0.7.0}
 [[ -x $BIN/kubeconform-$KUBECONFORM_VERSION ]] || GO_BUILD_CGO=0 go_build github.com/yannh/kubeconform \
   "$KUBECONFORM_VERSION" ./cmd/kubeconform "$BIN/kubeconform-$KUBECONFORM_VERSION"
 ln -sf "kubeconform-$KUBECONFORM_VERSION" "$BIN/kubeconform"
+
+# The controller's tests and benchmark: etcd, kube-apiserver, kubectl and OpenShift's CRDs.
+bash "$(dirname "$0")/install-kube-peers.sh"
 fi
 
 # pinns must exist for CRI-O to start; it is never run for image work.
