@@ -50,6 +50,20 @@ def load_documents(named: Sequence[tuple[str, Any]]) -> Cluster:
     return reader.validated()
 
 
+def parse_object(name: str, body: Any) -> tuple[PinnedImageSet | Pool | Node | None, list[str]]:
+    """One object as `load` reads it, on its own: (its model, or None when it has a
+    problem or is not of a kind pinsvc uses; every problem). Without the checks across
+    objects (a pool naming a set that does not exist, a node in two custom pools), which a
+    controller watching objects one by one makes where it combines them, so that one bad
+    object never stops the others."""
+    reader = _Reader()
+    reader._object(name, [], body, Counter())
+    if reader.problems or not reader.clean:
+        return None, reader.problems
+    ((kind, object_name),) = reader.clean
+    return reader.objects[_KINDS[kind][1]][object_name], []
+
+
 def read_documents(source: str | Path) -> tuple[str, list[Any], str | None]:
     """Reads a source (a path, or "-" for stdin): its name for messages, its documents (one
     for JSON; YAML streams give None for empty documents) up to the first syntax error, and

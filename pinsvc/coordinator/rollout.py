@@ -27,7 +27,7 @@ from pinsvc_client import PinClient, PinError, SetSpec, pb
 from pinsvc import errors, tracing
 from pinsvc.client import connect
 from pinsvc.coordinator import selection
-from pinsvc.coordinator.objects import Cluster, PinnedImageSet
+from pinsvc.coordinator.objects import Cluster, Node, PinnedImageSet
 from pinsvc.coordinator.record import (APPLYING, CHECKED, FAILED, NOT_STARTED, PAUSED, PENDING, SKIPPED, UNAVAILABLE,
                                        UPDATED, WARNING, NodeRecord, Record, status_doc)
 from pinsvc.retry import Backoff, retry
@@ -62,23 +62,32 @@ class PoolPlan:
     paused: bool
 
 
+def node_target(cluster: Cluster, node: Node, *, port: int = DEFAULT_PORT,
+                endpoints: Mapping[str, str] = {}) -> Target | None:
+    """What `node` should pin, through which pool and agent endpoint (pure): None when it is
+    in no pool. Raises InvalidArgument naming the node when its endpoint cannot be found or
+    it is in two custom pools. `plan_rollout` and the controller share it."""
+    pool = selection.primary_pool(cluster, node)
+    if pool is None:
+        return None
+    endpoint = selection.endpoint(node, port=port, overrides=endpoints)
+    sets = tuple(selection.node_sets(cluster, node))
+    return Target(node.name, pool.name, endpoint, sets, selection.skip_reason(node))
+
+
 def plan_rollout(cluster: Cluster, *, port: int = DEFAULT_PORT,
                  endpoints: Mapping[str, str] = {}) -> list[PoolPlan]:
     """Targets per pool. Raises one InvalidArgument naming every node whose agent endpoint
     cannot be found."""
     problems, by_pool = [], {}
     for node in cluster.nodes.values():
-        pool = selection.primary_pool(cluster, node)
-        if pool is None:
-            continue
         try:
-            endpoint = selection.endpoint(node, port=port, overrides=endpoints)
+            target = node_target(cluster, node, port=port, endpoints=endpoints)
         except errors.InvalidArgument as e:
             problems += e.problems
             continue
-        sets = tuple(selection.node_sets(cluster, node))
-        by_pool.setdefault(pool.name, []).append(
-            Target(node.name, pool.name, endpoint, sets, selection.skip_reason(node)))
+        if target is not None:
+            by_pool.setdefault(target.pool, []).append(target)
     if problems:
         raise errors.InvalidArgument(problems)
     plans = []

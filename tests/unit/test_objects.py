@@ -474,3 +474,24 @@ def test_model_objects_are_frozen(tmp_path):
     image_set = load([write(tmp_path, "s.yaml", DOCUMENTED_SET)]).sets["worker-pinned-images"]
     with pytest.raises(dataclasses.FrozenInstanceError):
         image_set.generation = 2
+
+
+def test_parse_object_reads_one_object_without_checks_across_objects():
+    """The controller's view: a pool naming a set that is not there is not a problem of the
+    pool; a bad object comes back as None with its problems, naming it."""
+    from pinsvc.coordinator.loader import parse_object
+
+    pool = {"apiVersion": "machineconfiguration.openshift.io/v1", "kind": "MachineConfigPool",
+            "metadata": {"name": "worker"},
+            "spec": {"nodeSelector": {"matchLabels": {"node-role.kubernetes.io/worker": ""}},
+                     "pinnedImageSets": [{"name": "absent"}], "maxUnavailable": "50%"}}
+    model, problems = parse_object("api", pool)
+    assert problems == [] and model.name == "worker" and model.pinned_image_sets == ("absent",)
+    assert model.max_unavailable == "50%"
+
+    bad = {"apiVersion": "machineconfiguration.openshift.io/v1", "kind": "PinnedImageSet",
+           "metadata": {"name": "s", "generation": 2}, "spec": {"pinnedImages": [{"name": "quay.io/x:latest"}]}}
+    model, problems = parse_object("api", bad)
+    assert model is None and len(problems) == 1 and "PinnedImageSet/s" in problems[0], problems
+
+    assert parse_object("api", {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}}) == (None, [])
