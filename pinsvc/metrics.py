@@ -1,7 +1,8 @@
 """Prometheus metrics of the node agent, derived from the events it already emits and from
 the outcome of each Apply; served over HTTP at `/metrics` when `--server-metrics` is set.
 
-Nothing here runs (or is imported) when metrics are off: the agent holds `metrics=None`.
+Nothing here runs (or is imported) when metrics are off: the agent holds a
+`core.ports.NoMetrics`, which has the same methods and does nothing.
 The metrics live in their own `CollectorRegistry`, never in prometheus_client's global one.
 
 Label values are bounded: `result`, `size_class` and `reason` (an `errors.error_class`)
@@ -20,16 +21,11 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 
 from pinsvc import errors
-from pinsvc.model import ImageEvent, ImageEventKind as Kind, NodeStatus, StageEvent, StageKind
-
-if TYPE_CHECKING:
-    from pinsvc.core.agent import ApplyOutcome
+from pinsvc.model import ApplyOutcome, Emit, ImageEvent, ImageEventKind as Kind, NodeStatus, StageEvent, StageKind
 
 log = logging.getLogger("pinsvc.metrics")
 
@@ -157,7 +153,7 @@ class Metrics:
 
     # ---- events ------------------------------------------------------------------------------
 
-    def observer(self, emit: Callable[[ImageEvent | StageEvent], None]) -> Callable[[ImageEvent | StageEvent], None]:
+    def observer(self, emit: Emit) -> Emit:
         """`emit` of one request, observing each event first."""
         call = _Call(next(self._ids))
 
@@ -238,7 +234,7 @@ class Metrics:
     # ---- outcomes ----------------------------------------------------------------------------
 
     def observe_outcome(self, outcome: ApplyOutcome) -> None:
-        """Counts an Apply that ran to its end (`core.agent.ApplyOutcome`); never raises."""
+        """Counts an Apply that ran to its end; never raises."""
         try:
             self.applies.labels("success" if outcome.error is None else "failed").inc()
             for error in errors.parts(outcome.error):

@@ -1,9 +1,28 @@
-"""Plain model types shared by the stages and the orchestrator (no protobuf, no I/O)."""
+"""Plain model types shared by the stages, the orchestrator and the adapters (no protobuf,
+no I/O)."""
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pinsvc.errors import PinsvcError
+
+_REDACTED = "<redacted>"
+
+
+class ImagePhase(enum.StrEnum):
+    """Where one image of the desired sets stands. A `str`: the state file and the API spell
+    the values as they are."""
+
+    PENDING = "pending"
+    PULLING = "pulling"
+    PRESENT = "present"
+    PINNED = "pinned"
+    FAILED = "failed"
 
 
 class ImageEventKind(enum.Enum):
@@ -117,6 +136,10 @@ class StageEvent:
     space: SpacePlan | None = None
 
 
+Emit = Callable[[ImageEvent | StageEvent], None]
+"""Where a request's events go (its stream, through the metrics when they are on)."""
+
+
 @dataclass(frozen=True)
 class SetStatus:
     name: str
@@ -138,7 +161,7 @@ class ConditionStatus:
 @dataclass(frozen=True)
 class ImageDetail:
     image: str
-    phase: str
+    phase: ImagePhase
     attempts: int
     bytes: int
     last_error: str
@@ -168,3 +191,69 @@ class NodeStatus:
 
     def condition(self, type: str) -> ConditionStatus | None:
         return next((c for c in self.conditions if c.type == type), None)
+
+
+@dataclass(frozen=True)
+class ApplyOutcome:
+    status: NodeStatus
+    # The first failure, when a set failed (already recorded in the status).
+    error: PinsvcError | None
+
+
+# ---- what the adapters hand back ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Credentials:
+    """What a registry accepts for one pull (from the pull secret): the fields of the CRI
+    `AuthConfig`. `repr()`/`str()` show the username and the server but never a password or
+    token.
+    """
+
+    username: str = ""
+    password: str = ""
+    identity_token: str = ""
+    registry_token: str = ""
+    server_address: str = ""
+
+    def __repr__(self) -> str:
+        shown = [f"{name}={value!r}" for name, value in
+                 (("username", self.username), ("server_address", self.server_address)) if value]
+        shown += [f"{name}={_REDACTED}" for name, value in
+                  (("password", self.password), ("identity_token", self.identity_token),
+                   ("registry_token", self.registry_token)) if value]
+        return f"Credentials({', '.join(shown)})"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class FsUsage:
+    """An image filesystem as the runtime reports it (CRI `ImageFsInfo`)."""
+
+    mountpoint: str
+    used_bytes: int
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """How a write of the drop-in went."""
+
+    changed: bool
+    """The file at the drop-in path was written or removed."""
+    removed: bool
+    """The file was removed (empty list)."""
+    sha256: str
+    """Hex SHA-256 of the drop-in content now in place ('' when there is none of ours)."""
+    previous: bytes | None
+    """The bytes at the drop-in path before the call (None = no file), for `restore`."""
+    validated: bool = False
+    """The candidate was accepted by `crio config` before it was installed."""
+
+
+@dataclass(frozen=True)
+class ReloadResult:
+    strategy: str
+    duration_seconds: float
+    """Time taken to ask for the reload (not how long CRI-O takes to apply it)."""
+    detail: str
+    """What was done, e.g. `SIGHUP sent to pid 123 (from pidfile /run/crio.pid)`."""

@@ -15,15 +15,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from dataclasses import dataclass
 
 import grpc
 
 from pinsvc import errors, tracing
-from pinsvc.adapters.pullsecret import Credentials
 from pinsvc.config import Settings
 from pinsvc.gen.runtime.v1 import api_pb2, api_pb2_grpc
-from pinsvc.model import RuntimeImage
+from pinsvc.model import Credentials, FsUsage, RuntimeImage
 from pinsvc.retry import Backoff, retry
 
 log = logging.getLogger("pinsvc.cri")
@@ -40,12 +38,6 @@ _UNAUTHORIZED = re.compile(r"unauthorized|authentication required|denied|forbidd
 _TRANSIENT = re.compile(r"too many requests|toomanyrequests|unavailable|(?<![\w:.])(?:429|50[0234])(?!\w)")
 
 
-@dataclass(frozen=True)
-class FsUsage:
-    mountpoint: str
-    used_bytes: int
-
-
 def target(endpoint: str) -> str:
     """gRPC target for a CRI endpoint. Unix sockets keep an explicit `unix:` scheme
     (`unix:///abs/path` or `unix:/abs/path`), so no DNS resolver is ever involved."""
@@ -57,7 +49,7 @@ def target(endpoint: str) -> str:
 
 
 class CriClient:
-    """ImageService calls with plain types in and out."""
+    """ImageService calls with plain types in and out (core's `ImageRuntime` port)."""
 
     def __init__(self, endpoint: str, *, timeout: float = 10.0, connect_wait: float = 2.0,
                  fs_info_backoff: Backoff = Settings().cri_fs_info_backoff):

@@ -24,7 +24,8 @@ Two lookups, because the runtime sees the file twice:
   do not. `for_endpoint` combines both the way CRI-O does for one pull.
 
 So the canonical registry's credentials never reach a mirror on another host: CRI-O sends
-the `AuthConfig` only to endpoints on the image's own host.
+the `AuthConfig` only to endpoints on the image's own host. The credentials are a
+`pinsvc.model.Credentials`, whose repr hides the secrets.
 
 Secrets never appear in a repr, a log record or an error message: errors name the file
 and the key only.
@@ -41,36 +42,12 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from pinsvc.errors import StateError
+from pinsvc.model import Credentials
 from pinsvc.refs import ImageRef
 
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
 _API_VERSION_PATHS = ("v1", "v2")
-_REDACTED = "<redacted>"
-
-
-@dataclass(frozen=True)
-class Credentials:
-    """What a registry accepts for one pull: the fields of the CRI `AuthConfig`.
-
-    `repr()`/`str()` show the username and the server but never a password or token.
-    """
-
-    username: str = ""
-    password: str = ""
-    identity_token: str = ""
-    registry_token: str = ""
-    server_address: str = ""
-
-    def __repr__(self) -> str:
-        shown = [f"{name}={value!r}" for name, value in
-                 (("username", self.username), ("server_address", self.server_address)) if value]
-        shown += [f"{name}={_REDACTED}" for name, value in
-                  (("password", self.password), ("identity_token", self.identity_token),
-                   ("registry_token", self.registry_token)) if value]
-        return f"Credentials({', '.join(shown)})"
-
-    __str__ = __repr__
 
 
 @dataclass(frozen=True)
@@ -175,7 +152,8 @@ def parse_pull_secret(text: str, *, source: str = "<text>") -> PullSecret:
 
 class PullSecretFile:
     """A pull secret file, re-read whenever it changes (mtime, size or inode), so
-    credential rotation needs no restart. `lookup` fits `RegistryClient(credentials=...)`.
+    credential rotation needs no restart (core's `PullCredentials` port). `lookup` fits
+    `RegistryClient(credentials=...)`.
     """
 
     def __init__(self, path: Path) -> None:

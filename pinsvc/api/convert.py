@@ -9,11 +9,11 @@ from pinsvc_client import pb
 
 from pinsvc import limits
 from pinsvc.errors import InvalidArgument
-from pinsvc.model import (ImageEvent, NodeStatus, PinnedImageSet, SpacePlan, StageEvent)
+from pinsvc.model import ImageEvent, ImagePhase, NodeStatus, PinnedImageSet, SpacePlan, StageEvent
 
-_PHASES = {"pending": pb.IMAGE_PHASE_PENDING, "pulling": pb.IMAGE_PHASE_PULLING,
-           "present": pb.IMAGE_PHASE_PRESENT, "pinned": pb.IMAGE_PHASE_PINNED,
-           "failed": pb.IMAGE_PHASE_FAILED}
+_PHASES = {ImagePhase.PENDING: pb.IMAGE_PHASE_PENDING, ImagePhase.PULLING: pb.IMAGE_PHASE_PULLING,
+           ImagePhase.PRESENT: pb.IMAGE_PHASE_PRESENT, ImagePhase.PINNED: pb.IMAGE_PHASE_PINNED,
+           ImagePhase.FAILED: pb.IMAGE_PHASE_FAILED}
 _DRIFT_KINDS = {"image_removed": pb.DriftRepair.IMAGE_REMOVED, "image_unpinned": pb.DriftRepair.IMAGE_UNPINNED,
                 "dropin_changed": pb.DriftRepair.DROPIN_CHANGED, "dropin_removed": pb.DriftRepair.DROPIN_REMOVED}
 

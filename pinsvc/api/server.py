@@ -22,6 +22,7 @@ from pinsvc.api import convert
 from pinsvc.api.guard import MalformedRequestInterceptor
 from pinsvc.config import Settings
 from pinsvc.core.agent import Agent
+from pinsvc.wiring import build_agent
 
 log = logging.getLogger("pinsvc.api")
 SERVICE = "pinsvc.v1.PinService"
@@ -185,7 +186,7 @@ async def serve(settings: Settings, *, ready: Callable[[], None] | None = None,
         from pinsvc.metrics import Metrics, MetricsServer
         metrics = Metrics()
         metrics_server = MetricsServer(metrics, settings.server.metrics)
-    agent = Agent.from_settings(settings, metrics=metrics)
+    agent = build_agent(settings, metrics)
     server = grpc.aio.server(interceptors=[*tracing.server_interceptors(), MalformedRequestInterceptor()],
                              options=[("grpc.max_receive_message_length", limits.MAX_MESSAGE_BYTES)])
     pb_grpc.add_PinServiceServicer_to_server(PinServicer(agent), server)

@@ -3,13 +3,14 @@
 A periodic check (`verify.drift_interval_seconds`) compares what the state says was last
 pinned and verified (`State.pinned`) with what the runtime reports (ListImages: present,
 pinned) and with the bytes at the drop-in path (the drop-in pinsvc renders for that list).
-The agent then repairs toward `State.pinned` only (see `Agent.check_drift`): a removed image
+The agent then repairs toward `State.pinned` only (core/repair.py): a removed image
 is pulled again by its exact reference, a changed or removed drop-in is written again
 (validated, atomic) and the runtime reloaded, an image present but not pinned gets a reload
 (and a pull by digest from the verification); then the pins are verified. Pins of other
 origins (e.g. CRI-O's own pause image) are not drift.
 
-This module is the pure part: the comparison, and the bounded list of repair records.
+This module is the pure part: the comparison, and the bounded list of repair records;
+the repair itself is core/repair.py.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pinsvc.core.dropin import is_managed, render_dropin
 from pinsvc.core.space import present_in
 from pinsvc.core.state import DriftRepair
+from pinsvc.dropin_format import is_managed, render_dropin
 from pinsvc.model import RuntimeImage
 
 IMAGE_REMOVED = "image_removed"

@@ -13,8 +13,8 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 
-from pinsvc.core.dropin import is_managed
 from pinsvc.core.state import SetState
+from pinsvc.dropin_format import is_managed
 from pinsvc.model import PinnedImageSet
 from pinsvc.refs import reference_problem
 

@@ -12,10 +12,10 @@ import asyncio
 import logging
 import os
 from dataclasses import dataclass
-from typing import Protocol
 
 from pinsvc import errors
 from pinsvc.config import SpaceSettings
+from pinsvc.core.ports import ImageRuntime, ManifestSource
 from pinsvc.model import ImagePlan, Layer, RuntimeImage, SpacePlan
 from pinsvc.refs import parse_reference, reference_problem
 
@@ -91,22 +91,12 @@ def plan_space(images: list[str], present: set[str], layers: dict[str, tuple[Lay
                      usage_after_percent=usage_after, fits=fits, verdict=verdict, missing=missing)
 
 
-class Runtime(Protocol):
-    async def list_images(self) -> list[RuntimeImage]: ...
-    async def image_status(self, image: str) -> RuntimeImage | None: ...
-    async def image_fs(self) -> list: ...
-
-
-class Manifests(Protocol):
-    async def many(self, refs: list) -> dict: ...
-
-
 def present_in(images: list[RuntimeImage]) -> dict[str, RuntimeImage]:
     """Runtime images by lower-cased repo digest (CRI-O matches names case-insensitively)."""
     return {d.lower(): img for img in images for d in img.repo_digests}
 
 
-async def find_present(runtime: Runtime, images: list[str], listed: list[RuntimeImage],
+async def find_present(runtime: ImageRuntime, images: list[str], listed: list[RuntimeImage],
                        concurrency: int = 16) -> set[str]:
     """Images the runtime has: a repo digest in ListImages, else an ImageStatus by exactly
     this reference (which also finds an image known under another name)."""
@@ -123,7 +113,7 @@ async def find_present(runtime: Runtime, images: list[str], listed: list[Runtime
 
 
 class SpaceChecker:
-    def __init__(self, runtime: Runtime, manifests: Manifests, settings: SpaceSettings):
+    def __init__(self, runtime: ImageRuntime, manifests: ManifestSource, settings: SpaceSettings):
         self.runtime = runtime
         self.manifests = manifests
         self.settings = settings

@@ -8,7 +8,7 @@ import pytest
 
 from pinsvc_client import SetSpec
 from devenv.crio import RELOAD_COMPLETED
-from pinsvc.core.dropin import render_dropin
+from pinsvc.dropin_format import render_dropin
 from pinsvc_client import pb
 from tests.e2e.conftest import apply
 from tests.e2e.helpers import condition

@@ -27,7 +27,7 @@ import pytest
 from pinsvc_client import SetSpec
 from devenv.agent import AgentProcess
 from devenv.crio import Crio, CrioError
-from pinsvc.core.dropin import is_managed, render_dropin
+from pinsvc.dropin_format import is_managed, render_dropin
 from tests.e2e.conftest import apply, clean_node
 from tests.e2e.helpers import Kind, Stage
 

@@ -5,7 +5,7 @@ import pytest
 from pinsvc import config
 from pinsvc.core.drift import (DROPIN_CHANGED, DROPIN_REMOVED, IMAGE_REMOVED, IMAGE_UNPINNED, Drift,
                                expected_dropin, find_drift, record)
-from pinsvc.core.dropin import HEADER, render_dropin
+from pinsvc.dropin_format import HEADER, render_dropin
 from pinsvc.core.state import DriftRepair, State, StateStore
 from pinsvc.errors import InvalidArgument
 from pinsvc.model import RuntimeImage

@@ -1,88 +1,28 @@
-"""Agent drift checks against a fake runtime (the real one is in tests/e2e/test_drift.py):
+"""Agent drift checks against the fake runtime (the real one is in tests/e2e/test_drift.py):
 repairs, failures and the Degraded condition, and an Apply never waiting behind a repair."""
 
 from __future__ import annotations
 
 import asyncio
-import tomllib
-from pathlib import Path
 
 import pytest
 
-from pinsvc import config, errors
-from pinsvc.adapters.pullsecret import PullSecretFile
-from pinsvc.core.agent import DEGRADED, DRIFT_REPAIR_FAILED, Agent
+from pinsvc import errors
+from pinsvc.core.agent import Agent
 from pinsvc.core.drift import DROPIN_CHANGED, DROPIN_REMOVED, IMAGE_REMOVED, IMAGE_UNPINNED
-from pinsvc.core.dropin import Dropin
-from pinsvc.core.reload import ReloadResult
-from pinsvc.core.state import StateStore
-from pinsvc.model import PinnedImageSet, RuntimeImage
+from pinsvc.core.state import DEGRADED, DRIFT_REPAIR_FAILED, StateStore
+from pinsvc.model import PinnedImageSet
+from tests.unit.fakes import FakeRuntime, agent_settings, fake_agent
 
 A, B = "r.io/a@sha256:" + "a" * 64, "r.io/b@sha256:" + "b" * 64
-
-
-class FakeRuntime:
-    """Images present, and the pins CRI-O loaded from the drop-in at its last reload."""
-
-    def __init__(self, dropin_path: Path):
-        self.dropin_path = dropin_path
-        self.present: set[str] = set()
-        self.loaded: set[str] = set()
-        self.pulls: list[str] = []
-        self.gate: asyncio.Event | None = None  # pulls wait for it
-        self.pull_error: Exception | None = None
-        self.reloads = 0
-
-    async def list_images(self):
-        return [RuntimeImage(id=i[-12:], repo_digests=(i,), pinned=i in self.loaded) for i in sorted(self.present)]
-
-    async def image_status(self, image):
-        return object() if image in self.present else None
-
-    async def pull(self, image, credentials):
-        self.pulls.append(image)
-        if self.gate is not None:
-            await self.gate.wait()
-        if self.pull_error is not None:
-            raise self.pull_error
-        self.present.add(image)
-
-    async def close(self):
-        pass
-
-    # the Reloader
-    async def reload(self):
-        self.reloads += 1
-        try:
-            doc = tomllib.loads(self.dropin_path.read_text())
-            self.loaded = set(doc.get("crio", {}).get("image", {}).get("pinned_images", []))
-        except (FileNotFoundError, tomllib.TOMLDecodeError):
-            self.loaded = set()
-        return ReloadResult("fake", 0.0, "reloaded")
-
-
-class FakeRegistry:
-    async def aclose(self):
-        pass
 
 
 @pytest.fixture
 def make_agent(tmp_path):
     def make(interval: float = 0.0, metrics=None) -> tuple[Agent, FakeRuntime]:
-        directory = tmp_path / "crio.conf.d"
-        directory.mkdir(exist_ok=True)
-        settings = config.build({
-            (None, "state_dir"): str(tmp_path / "state"),
-            ("dropin", "directory"): str(directory), ("dropin", "temp_dir"): str(tmp_path),
-            ("dropin", "crio_binary"): "", ("space", "enabled"): False,
-            ("verify", "timeout_seconds"): 0.5, ("verify", "poll_interval_seconds"): 0.01,
-            ("verify", "drift_interval_seconds"): interval, ("pull", "max_attempts"): 1})
+        settings = agent_settings(tmp_path, drift_interval=interval)
         runtime = FakeRuntime(settings.dropin_path)
-        agent = Agent(settings, cri=runtime, registry=FakeRegistry(),
-                      secret=PullSecretFile(tmp_path / "no-secret.json"),
-                      dropin=Dropin(settings.dropin_path, tmp_path), reloader=runtime,
-                      store=StateStore(settings.state_dir), metrics=metrics)
-        return agent, runtime
+        return fake_agent(settings, runtime, metrics), runtime
 
     return make
 

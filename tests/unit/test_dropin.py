@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from pinsvc.core import dropin as dropin_module
-from pinsvc.core.dropin import (HEADER, Dropin, crio_read_order, inspect_dropin_file, is_managed,
-                                render_dropin)
+from pinsvc.adapters import dropin as dropin_module
+from pinsvc.adapters.dropin import Dropin, crio_read_order, inspect_dropin_file
+from pinsvc.dropin_format import HEADER, is_managed, render_dropin
 from pinsvc.errors import Conflict, InvalidArgument, Timeout
 
 NAME = "50-pinned-images"
@@ -490,13 +490,3 @@ async def test_real_crio_reads_what_we_render_and_in_our_order(layout, tmp_path)
     assert crio_effective_pins(directory, main) == ["later-subdir"]
     shutil.rmtree(directory / "60-sub")
     assert crio_effective_pins(directory, main) == ["backup"]
-
-
-def test_from_settings(tmp_path) -> None:
-    from pinsvc.config import Settings, replace
-    settings = replace(Settings(), dropin={"directory": tmp_path / "crio.conf.d", "adopt_foreign": True,
-                                           "crio_binary": "", "crio_config": tmp_path / "crio.conf"})
-    d = Dropin.from_settings(settings)
-    assert d.path == tmp_path / "crio.conf.d" / NAME
-    assert d.temp_dir == tmp_path  # '' = the parent of the drop-in directory
-    assert d.adopt_foreign and d.crio_binary == "" and d.crio_config == tmp_path / "crio.conf"

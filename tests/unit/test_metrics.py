@@ -13,11 +13,10 @@ import pytest
 
 from pinsvc import config, errors
 from pinsvc.config import PullSettings
-from pinsvc.core.agent import ApplyOutcome
 from pinsvc.core.pull import Puller
 from pinsvc.metrics import Metrics, MetricsServer, parse_address, size_class
-from pinsvc.model import (ImageDetail, ImageEvent, ImageEventKind as K, ImagePlan, NodeStatus, SetStatus,
-                          SpacePlan, StageEvent, StageKind)
+from pinsvc.model import (ApplyOutcome, ImageDetail, ImageEvent, ImageEventKind as K, ImagePlan, NodeStatus,
+                          SetStatus, SpacePlan, StageEvent, StageKind)
 from pinsvc.retry import Backoff
 
 pytestmark = pytest.mark.timeout(10)

@@ -1,6 +1,6 @@
 """The pins an Apply writes, and the pins an agent started without state inherits from a
-drop-in of ours (core/pins.py); the agent part against the fake runtime of
-test_drift_agent (the real CRI-O is in tests/e2e/test_lost_state.py)."""
+drop-in of ours (core/pins.py); the agent part against the fake runtime (tests/unit/fakes.py;
+the real CRI-O is in tests/e2e/test_lost_state.py)."""
 
 from __future__ import annotations
 
@@ -10,14 +10,13 @@ import logging
 
 import pytest
 
-from pinsvc import config, errors
-from pinsvc.adapters.pullsecret import PullSecretFile
-from pinsvc.core.agent import DEGRADED, Agent
-from pinsvc.core.dropin import Dropin, render_dropin
+from pinsvc import errors
+from pinsvc.core.agent import Agent
 from pinsvc.core.pins import choose_pins, dropin_references
-from pinsvc.core.state import SetState, StateStore
+from pinsvc.core.state import DEGRADED, SetState, StateStore
+from pinsvc.dropin_format import render_dropin
 from pinsvc.model import PinnedImageSet
-from tests.unit.test_drift_agent import FakeRegistry, FakeRuntime
+from tests.unit.fakes import FakeRuntime, agent_settings, fake_agent
 
 A, B, C, D = (f"r.io/{x}@sha256:" + x * 64 for x in "abcd")
 
@@ -65,37 +64,13 @@ def test_a_state_file_of_an_older_agent_loads(tmp_path):
 
 # ---- the agent ----------------------------------------------------------------------------
 
-class Runtime(FakeRuntime):
-    """Pulls of images in `missing` fail as the registry would."""
-
-    def __init__(self, dropin_path):
-        super().__init__(dropin_path)
-        self.missing: set[str] = set()
-
-    async def pull(self, image, credentials):
-        if image in self.missing:
-            self.pulls.append(image)
-            raise errors.ImageNotFound(f"{image}: manifest unknown")
-        await super().pull(image, credentials)
-
-
 @pytest.fixture
 def make_agent(tmp_path):
-    directory = tmp_path / "crio.conf.d"
-    directory.mkdir()
-    settings = config.build({
-        (None, "state_dir"): str(tmp_path / "state"),
-        ("dropin", "directory"): str(directory), ("dropin", "temp_dir"): str(tmp_path),
-        ("dropin", "crio_binary"): "", ("space", "enabled"): False,
-        ("verify", "timeout_seconds"): 0.5, ("verify", "poll_interval_seconds"): 0.01,
-        ("verify", "drift_interval_seconds"): 0.0, ("pull", "max_attempts"): 1})
-    runtime = Runtime(settings.dropin_path)
+    settings = agent_settings(tmp_path)
+    runtime = FakeRuntime(settings.dropin_path)
 
     def make() -> Agent:
-        return Agent(settings, cri=runtime, registry=FakeRegistry(),
-                     secret=PullSecretFile(tmp_path / "no-secret.json"),
-                     dropin=Dropin(settings.dropin_path, tmp_path), reloader=runtime,
-                     store=StateStore(settings.state_dir))
+        return fake_agent(settings, runtime)
 
     return make, runtime
 
@@ -104,7 +79,7 @@ async def apply(agent: Agent, *sets: PinnedImageSet):
     return await asyncio.create_task(agent.apply(list(sets), emit=lambda e: None))
 
 
-async def lost_state(make_agent) -> tuple[Agent, Runtime]:
+async def lost_state(make_agent) -> tuple[Agent, FakeRuntime]:
     """A node whose drop-in of ours pins A and B, and an agent whose state was wiped."""
     make, runtime = make_agent
     first = make()

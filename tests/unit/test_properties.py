@@ -1,7 +1,7 @@
 """Property-based tests (hypothesis) of the input boundary.
 
 - The API: the real agent (`pinsvc.api.server.serve`, so the real server options, servicer,
-  interceptors and `Agent.from_settings`) in-process on a unix socket in a temp dir, with a
+  interceptors and `build_agent`) in-process on a unix socket in a temp dir, with a
   CRI endpoint that does not exist, the drop-in and state in the temp dir, no crio binary
   and reload strategy none. Over 10,000 generated requests (random and hostile strings,
   huge lists, bad numbers, raw bytes) each get a well-formed answer, the one an oracle of
@@ -34,7 +34,8 @@ from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 
 from pinsvc import config, limits
 from pinsvc.api.server import serve
-from pinsvc.core.dropin import Dropin, render_dropin
+from pinsvc.adapters.dropin import Dropin
+from pinsvc.dropin_format import render_dropin
 from pinsvc_client import pb, pb_grpc
 from pinsvc.refs import reference_problem, set_name_problem
 

@@ -1,4 +1,4 @@
-"""Unit tests of the pull stage with a fake runtime (pure logic; the real CRI is in e2e)."""
+"""Unit tests of the pull stage with the fake runtime (pure logic; the real CRI is in e2e)."""
 
 from __future__ import annotations
 
@@ -14,10 +14,9 @@ from pinsvc.config import PullSettings
 from pinsvc.core.pull import Puller
 from pinsvc.model import ImageEvent, ImageEventKind as K
 from pinsvc.retry import Backoff
+from tests.unit.fakes import BLOCK, FakeRuntime
 
 pytestmark = pytest.mark.timeout(5)
-
-BLOCK = "block"  # a script step: the pull hangs until cancelled
 
 
 def pending_tasks(before: set[asyncio.Task] = frozenset()) -> set[asyncio.Task]:
@@ -35,76 +34,6 @@ async def _no_asyncio_pending_tasks():
     for task in leaked:
         task.cancel()
     assert not leaked, f"leaked tasks: {leaked}"
-
-
-class FakeRuntime:
-    """`pull`/`is_present` fakes. A script per image lists the steps of its successive
-    pulls: a float sleeps that long and succeeds, an exception is raised, (delay, exc)
-    sleeps then raises, BLOCK hangs until cancelled, an asyncio.Event is waited for."""
-
-    def __init__(self, *, present=(), delay=0.0, present_delay=0.0, cancel_delay=0.0, **scripts):
-        self.present = set(present)
-        self.delay, self.present_delay, self.cancel_delay = delay, present_delay, cancel_delay
-        self.scripts = {image: list(steps) for image, steps in scripts.items()}
-        self.calls: Counter[str] = Counter()
-        self.checks: Counter[str] = Counter()
-        self.active = self.max_active = self.checking = self.max_checking = 0
-        self.active_per_image: Counter[str] = Counter()
-        self.max_per_image = 0
-        self.cancelled: list[str] = []
-        self.stopped: list[str] = []
-        self.started: dict[str, asyncio.Event] = {}
-
-    def started_event(self, image: str) -> asyncio.Event:
-        return self.started.setdefault(image, asyncio.Event())
-
-    async def pull(self, image: str) -> None:
-        self.calls[image] += 1
-        self.active += 1
-        self.active_per_image[image] += 1
-        self.max_active = max(self.max_active, self.active)
-        self.max_per_image = max(self.max_per_image, self.active_per_image[image])
-        self.started_event(image).set()
-        script = self.scripts.get(image)
-        step = script.pop(0) if script else self.delay
-        try:
-            await self._run(step)
-        except asyncio.CancelledError:
-            self.cancelled.append(image)
-            if self.cancel_delay:  # like a real CRI call, stopping takes a while
-                await asyncio.sleep(self.cancel_delay)
-            self.stopped.append(image)
-            raise
-        finally:
-            self.active -= 1
-            self.active_per_image[image] -= 1
-
-    @staticmethod
-    async def _run(step) -> None:
-        if step == BLOCK:
-            await asyncio.Event().wait()
-        elif isinstance(step, asyncio.Event):
-            await step.wait()
-        elif isinstance(step, BaseException):
-            await asyncio.sleep(0)
-            raise step
-        elif isinstance(step, tuple):
-            await asyncio.sleep(step[0])
-            raise step[1]
-        else:
-            await asyncio.sleep(step)
-
-    async def is_present(self, image: str) -> bool:
-        self.checks[image] += 1
-        self.checking += 1
-        self.max_checking = max(self.max_checking, self.checking)
-        try:
-            await asyncio.sleep(self.present_delay)
-            if image == "broken-check":
-                raise errors.RuntimeUnavailable("crio socket does not answer")
-            return image in self.present
-        finally:
-            self.checking -= 1
 
 
 class FakeSleep:

@@ -1,6 +1,6 @@
 import pytest
 
-from pinsvc.core.agent import validate_sets
+from pinsvc.core.validate import validate_sets
 from pinsvc.errors import InvalidArgument
 from pinsvc.model import PinnedImageSet
 from pinsvc.refs import parse_reference, parse_references, reference_problem, set_name_problem

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from pinsvc.config import ReloadSettings
-from pinsvc.core.reload import Reloader
+from pinsvc.adapters.reload import Reloader
 from pinsvc.errors import InvalidArgument, ReloadFailed
 
 CHILD = r"""
@@ -209,10 +209,3 @@ async def test_none_strategy() -> None:
 def test_unknown_strategy() -> None:
     with pytest.raises(InvalidArgument):
         Reloader(ReloadSettings(strategy="kill"))
-
-
-def test_from_settings() -> None:
-    from pinsvc.config import Settings, replace
-    settings = replace(Settings(), cri_endpoint="unix:///run/crio/crio.sock", reload={"strategy": "signal"})
-    reloader = Reloader.from_settings(settings)
-    assert reloader.cri_socket == Path("/run/crio/crio.sock") and reloader.settings.strategy == "signal"

@@ -8,10 +8,9 @@ import pytest
 
 from pinsvc import errors
 from pinsvc.core import state as state_module
-from pinsvc.core.dropin import Dropin
-from pinsvc.core.agent import DEGRADED
+from pinsvc.adapters.dropin import Dropin
 from pinsvc.core.pins import dropin_references
-from pinsvc.core.state import State, StateStore
+from pinsvc.core.state import DEGRADED, State, StateStore
 from pinsvc.model import PinnedImageSet
 from tests.unit.test_pins import A, apply, make_agent  # noqa: F401  (make_agent is a fixture)
 

@@ -15,10 +15,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from pinsvc.adapters.pullsecret import Credentials
 from pinsvc.adapters.registry.manifest import ACCEPT
 from pinsvc.adapters.registry.transport import Reply, Transport, http_error
 from pinsvc.errors import RegistryError, Unauthorized
+from pinsvc.model import Credentials
 from pinsvc.refs import ImageRef
 
 DEFAULT_TOKEN_LIFETIME = 60

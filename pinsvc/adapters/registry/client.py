@@ -23,13 +23,13 @@ from pathlib import Path
 from types import TracebackType
 
 from pinsvc import tracing
-from pinsvc.adapters.pullsecret import Credentials
 from pinsvc.adapters.registry.auth import Authenticator
 from pinsvc.adapters.registry.manifest import (DEFAULT_PLATFORM, ImageLayers, Manifest, Platform, parse_manifest,
                                                platform_entry, sha256_digest)
 from pinsvc.adapters.registry.transport import Reply, Transport, error_codes, http_error
 from pinsvc.config import RegistrySettings
 from pinsvc.errors import ImageNotFound, PinsvcError, RegistryError
+from pinsvc.model import Credentials
 from pinsvc.refs import ImageRef
 from pinsvc.retry import Backoff
 

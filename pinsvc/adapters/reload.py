@@ -17,16 +17,16 @@ import logging
 import os
 import signal
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import psutil
 
 from pinsvc.errors import InvalidArgument, ReloadFailed
+from pinsvc.model import ReloadResult
 
 if TYPE_CHECKING:
-    from pinsvc.config import ReloadSettings, Settings
+    from pinsvc.config import ReloadSettings
 
 log = logging.getLogger("pinsvc.reload")
 
@@ -36,17 +36,9 @@ SYSTEMCTL_TIMEOUT_SECONDS = 30.0
 STDERR_TAIL_CHARS = 2000
 
 
-@dataclass(frozen=True)
-class ReloadResult:
-    strategy: str
-    duration_seconds: float
-    """Time taken to ask for the reload (not how long CRI-O takes to apply it)."""
-    detail: str
-    """What was done, e.g. `SIGHUP sent to pid 123 (from pidfile /run/crio.pid)`."""
-
-
 class Reloader:
-    """Asks the runtime to reload its configuration the way the settings say."""
+    """Asks the runtime to reload its configuration the way the settings say (core's
+    `ConfigReloader` port)."""
 
     def __init__(self, settings: ReloadSettings, *, cri_socket: Path | None = None,
                  systemctl: str = "systemctl",
@@ -57,13 +49,6 @@ class Reloader:
         self.cri_socket = Path(cri_socket) if cri_socket is not None else None
         self.systemctl = systemctl
         self.systemctl_timeout_seconds = systemctl_timeout_seconds
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Reloader:
-        """A Reloader that tells CRI-O instances apart by the socket of `cri_endpoint`."""
-        endpoint = settings.cri_endpoint
-        path = endpoint.removeprefix("unix://").removeprefix("unix:") if endpoint else ""
-        return cls(settings.reload, cri_socket=Path(path) if path else None)
 
     @property
     def pidfile(self) -> Path | None:

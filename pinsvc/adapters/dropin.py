@@ -1,4 +1,5 @@
-"""The CRI-O drop-in that lists the pinned images (`[crio.image] pinned_images`).
+"""The drop-in file pinsvc manages in CRI-O's drop-in directory: atomic writes, validated
+with `crio config` (adapters/crio_validate.py), and the checks of the directory around it.
 
 How CRI-O reads its drop-in directory (`--config-dir`), from cri-o `pkg/config/config.go`
 `UpdateFromPath` (Go `filepath.Walk`) and checked against crio v1.36.3 `crio config`:
@@ -13,9 +14,9 @@ How CRI-O reads its drop-in directory (`--config-dir`), from cri-o `pkg/config/c
 - a list is replaced, not merged: the last file that sets `pinned_images` wins.
 
 So pinsvc writes its temp files outside that directory (same filesystem) and renames them
-in, validates the candidate directory with `crio config` before installing it, and reports
-later files that replace its list (`overriding_files`) and files that would break a reload
-(`broken_files`).
+in, validates the candidate directory with `crio config` before installing it, and refuses
+to change anything while later files replace its list (`overriding_files`) or files would
+break a reload (`broken_files`): `check_conflicts`. The text itself is pinsvc/dropin_format.py.
 """
 
 from __future__ import annotations
@@ -27,78 +28,21 @@ import os
 import secrets
 import shutil
 import stat
-import subprocess
-import tempfile
 import threading
-import time
-import tomllib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
-import tomlkit
-
-from pinsvc.errors import Conflict, InvalidArgument, StateError, Timeout, from_os_error
-
-if TYPE_CHECKING:
-    from pinsvc.config import Settings
+from pinsvc.adapters.crio_validate import VALIDATE_TIMEOUT_SECONDS, Aborted, CrioValidator
+from pinsvc.dropin_format import inspect_dropin, is_managed, render_dropin, sorted_unique
+from pinsvc.errors import Conflict, from_os_error
+from pinsvc.model import WriteResult
 
 log = logging.getLogger("pinsvc.dropin")
 
-HEADER = "# Managed by pinsvc. Do not edit: changes are overwritten."
-"""First line of every drop-in pinsvc writes; `is_managed` looks for it."""
-HEADER_HINT = "# To pin images, send them to pinsvc (PinService.Apply) instead of editing this file."
 FILE_MODE = 0o644
-VALIDATE_TIMEOUT_SECONDS = 30.0
-"""Bound of one `crio config` validation run (it takes ~20 ms)."""
-ERROR_TAIL_LINES = 5
-"""Lines of crio's stderr quoted when it rejects a candidate."""
 
 T = TypeVar("T")
-
-
-# ---- pure ----------------------------------------------------------------------------------
-
-def render_dropin(images: Iterable[str]) -> str:
-    """The drop-in text for `images`: header comment, `[crio.image]`, and `pinned_images` as
-    a multi-line array of the sorted unique references. Raises InvalidArgument for a value
-    that is not a string or cannot be written as UTF-8."""
-    refs = _sorted_unique(images)
-    doc = tomlkit.document()
-    doc.add(tomlkit.comment(HEADER.removeprefix("# ")))
-    doc.add(tomlkit.comment(HEADER_HINT.removeprefix("# ")))
-    doc.add(tomlkit.nl())
-    # Built at once: Array.append re-indexes the whole array each time (5,000 refs: 3.5 s).
-    array = tomlkit.items.Array([tomlkit.item(ref) for ref in refs], tomlkit.items.Trivia(), multiline=True)
-    image = tomlkit.table()
-    image.add("pinned_images", array)
-    crio = tomlkit.table(is_super_table=True)
-    crio.add("image", image)
-    doc.add("crio", crio)
-    return tomlkit.dumps(doc)
-
-
-def is_managed(content: bytes) -> bool:
-    """Whether `content` is a drop-in pinsvc wrote (it starts with the header line)."""
-    header = HEADER.encode()
-    return content == header or content.startswith(header + b"\n")
-
-
-def _sorted_unique(images: Iterable[str]) -> list[str]:
-    refs = list(images)
-    problems = []
-    for ref in refs:
-        if not isinstance(ref, str):
-            problems.append(f"image reference {ref!r} is not a string")
-            continue
-        try:
-            ref.encode("utf-8")
-        except UnicodeEncodeError:
-            problems.append(f"image reference {ref!r} is not valid Unicode")
-    if problems:
-        raise InvalidArgument(problems)
-    return sorted(set(refs))
 
 
 def crio_read_order(directory: Path) -> list[tuple[Path, OSError | None]]:
@@ -154,48 +98,11 @@ def inspect_dropin_file(path: Path) -> tuple[bool, str | None]:
         data = path.read_bytes()
     except OSError as e:
         return False, f"cannot be read: {e.strerror or e}"
-    try:
-        doc = tomllib.loads(data.decode("utf-8"))
-    except UnicodeDecodeError as e:
-        return False, f"is not UTF-8: {e}"
-    except tomllib.TOMLDecodeError as e:
-        return False, f"is not valid TOML: {e}"
-    crio = doc.get("crio")
-    if crio is None:
-        return False, None
-    if not isinstance(crio, dict):
-        return False, "sets `crio` to a value that is not a table"
-    image = crio.get("image")
-    if image is None:
-        return False, None
-    if not isinstance(image, dict):
-        return False, "sets `crio.image` to a value that is not a table"
-    if "pinned_images" not in image:
-        return False, None
-    value = image["pinned_images"]
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        return True, f"sets crio.image.pinned_images to {type(value).__name__} {value!r:.80}, not a list of strings"
-    return True, None
-
-
-# ---- I/O -----------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class WriteResult:
-    changed: bool
-    """The file at the drop-in path was written or removed."""
-    removed: bool
-    """The file was removed (empty list)."""
-    sha256: str
-    """Hex SHA-256 of the drop-in content now in place ('' when there is none of ours)."""
-    previous: bytes | None
-    """The bytes at the drop-in path before the call (None = no file), for `restore`."""
-    validated: bool = False
-    """The candidate was accepted by `crio config` before it was installed."""
+    return inspect_dropin(data)
 
 
 class Dropin:
-    """The one drop-in file pinsvc manages.
+    """The one drop-in file pinsvc manages (core's `DropinFile` port).
 
     Writes only `path` and inside `temp_dir` (temp files, and the candidate directory for
     validation, both removed on every path out). Calls are serialized per instance."""
@@ -208,17 +115,16 @@ class Dropin:
         self.name = self.path.name
         self.temp_dir = Path(temp_dir)
         self.adopt_foreign = adopt_foreign
-        self.crio_binary = crio_binary
-        self.crio_config = Path(crio_config) if crio_config is not None and str(crio_config) not in ("", ".") else None
-        self.validate_timeout_seconds = validate_timeout_seconds
+        self.validator = CrioValidator(crio_binary, crio_config, validate_timeout_seconds)
         self._lock = asyncio.Lock()
-        self._warned_no_crio = False
 
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Dropin:
-        d = settings.dropin
-        return cls(settings.dropin_path, settings.dropin_temp_dir, adopt_foreign=d.adopt_foreign,
-                   crio_binary=d.crio_binary, crio_config=d.crio_config)
+    @property
+    def crio_binary(self) -> str:
+        return self.validator.binary
+
+    @property
+    def crio_config(self) -> Path | None:
+        return self.validator.config
 
     # -- reading --
 
@@ -286,6 +192,21 @@ class Dropin:
                 out.append((path, problem))
         return out
 
+    def check_conflicts(self) -> None:
+        """Refuses, before anything is pulled, what would make the drop-in useless or the
+        reload fail: a foreign file at our path, another broken drop-in, a later list."""
+        self.check_writable()
+        broken = [f"{path}: {why}" for path, why in self.broken_files() if path != self.path]
+        if broken:
+            raise Conflict("CRI-O could not load its drop-in directory, so pinsvc changes nothing "
+                           "until it is fixed: " + "; ".join(broken))
+        later = self.overriding_files()
+        if later:
+            names = ", ".join(str(p) for p in later)
+            raise Conflict(
+                f"{names} sorts after {self.name} and sets pinned_images, which replaces "
+                f"pinsvc's list in CRI-O; remove its pinned_images or rename it to sort first")
+
     def remove_leftovers(self) -> list[Path]:
         """Removes temp files and validation directories a killed pinsvc left in temp_dir
         (`.pinsvc-<name>-*`); returns what was removed. Call at startup, not while writing."""
@@ -311,7 +232,7 @@ class Dropin:
         file. Writes nothing when the bytes are already right. Raises Conflict when the path
         holds a foreign file (unless adopt_foreign), when the temp dir is unfit, or when
         `crio config` rejects the candidate; the old file is then left as it was."""
-        refs = _sorted_unique(images)
+        refs = sorted_unique(images)
         content = render_dropin(refs).encode()
         async with self._lock:
             try:
@@ -387,7 +308,7 @@ class Dropin:
                 os.close(fd)
             validated = self._validate(content, abort) if validate else False
             if abort is not None and abort.is_set():
-                raise _Aborted()
+                raise Aborted()
             os.replace(tmp, self.path)
             _fsync_dir(self.directory)
             return validated
@@ -397,93 +318,9 @@ class Dropin:
             except FileNotFoundError:
                 pass
 
-    # -- validation --
-
-    def _crio(self) -> str | None:
-        if not self.crio_binary:
-            return None
-        found = shutil.which(self.crio_binary)
-        if found is None and not self._warned_no_crio:
-            self._warned_no_crio = True
-            log.warning("crio binary %r not found: drop-ins are installed without validation", self.crio_binary)
-        return found
-
-    def _validate(self, content: bytes, abort: threading.Event | None = None) -> bool:
-        """Runs `crio config` on a copy of the drop-in directory with ours replaced by
-        `content`. Raises Conflict with crio's message when it fails. False when there is
-        no crio binary to ask."""
-        crio = self._crio()
-        if crio is None:
-            return False
-        workdir = Path(tempfile.mkdtemp(prefix=f".pinsvc-{self.name}-validate-", dir=self.temp_dir))
-        try:
-            candidate_dir = workdir / "crio.conf.d"
-            self._mirror(candidate_dir)
-            (candidate_dir / self.name).write_bytes(content)
-            main = self.crio_config
-            if main is None or not main.exists():
-                # CRI-O skips a missing default main config, but `--config MISSING` is fatal.
-                main = workdir / "crio.conf"
-                main.write_bytes(b"")
-            argv = [crio, "--config", str(main), "--config-dir", str(candidate_dir), "config"]
-            returncode, stderr = self._run_crio(argv, workdir, abort)
-            if returncode != 0:
-                message = _crio_error(stderr.decode(errors="replace"))
-                message = message.replace(str(candidate_dir / self.name), f"{self.path} (candidate)")
-                message = message.replace(str(candidate_dir), str(self.directory))
-                raise Conflict(f"crio rejected the new {self.path} (`crio config` exited "
-                               f"{returncode}), not installed: {message}")
-            return True
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
-
-    def _run_crio(self, argv: list[str], cwd: Path, abort: threading.Event | None) -> tuple[int, bytes]:
-        """(exit code, stderr) of crio, killed on timeout or abort."""
-        try:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.PIPE, cwd=cwd, env=_validation_env())
-        except OSError as e:
-            raise StateError(f"cannot run {argv[0]} to validate {self.path}: {e}") from e
-        deadline = time.monotonic() + self.validate_timeout_seconds
-        with proc:
-            while True:
-                try:
-                    _, stderr = proc.communicate(timeout=0.05)
-                    return proc.returncode, stderr
-                except subprocess.TimeoutExpired:
-                    pass
-                if abort is not None and abort.is_set():
-                    proc.kill()
-                    raise _Aborted()
-                if time.monotonic() > deadline:
-                    proc.kill()
-                    raise Timeout(f"validating {self.path} with {argv[0]} took longer than "
-                                  f"{self.validate_timeout_seconds:g} s")
-
-    def _mirror(self, target: Path) -> None:
-        """Copies what CRI-O would read from the drop-in directory to `target`, same relative
-        paths. Symlinks stay symlinks (to absolute targets, remapped into `target` when they
-        point into the drop-in directory) so that dangling ones and ones to directories fail
-        there the same way. Other special files are left out (broken_files reports them)."""
-        target.mkdir()
-        real_dir = self.directory.resolve()
-        for path, error in crio_read_order(self.directory):
-            if error is not None or path == self.path:
-                continue
-            dest = target / path.relative_to(self.directory)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            st = os.lstat(path)
-            if stat.S_ISLNK(st.st_mode):
-                points_to = Path(os.path.realpath(path))
-                if points_to.is_relative_to(real_dir):
-                    points_to = target / points_to.relative_to(real_dir)
-                os.symlink(points_to, dest)
-            elif stat.S_ISREG(st.st_mode):
-                shutil.copyfile(path, dest, follow_symlinks=False)
-
-
-class _Aborted(Exception):
-    """The caller was cancelled; the write stopped before installing anything."""
+    def _validate(self, content: bytes, abort: threading.Event | None) -> bool:
+        entries = [path for path, error in crio_read_order(self.directory) if error is None]
+        return self.validator.validate(self.path, content, entries, self.temp_dir, abort)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -492,27 +329,6 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _validation_env() -> dict[str, str]:
-    """A clean environment: crio reads `CONTAINER_*` variables as flags (e.g.
-    CONTAINER_PINNED_IMAGES), which would override the files being validated."""
-    return {"PATH": os.environ.get("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
-            "LANG": "C"}
-
-
-def _crio_error(stderr: str) -> str:
-    """The useful part of crio's stderr: its fatal/error messages, else the last lines."""
-    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    chosen = [line for line in lines if "level=fatal" in line or "level=error" in line] or lines
-    chosen = chosen[-ERROR_TAIL_LINES:]
-    out = []
-    for line in chosen:
-        start = line.find('msg="')
-        if start >= 0 and line.endswith('"'):
-            line = line[start + 5:-1].replace('\\"', '"')
-        out.append(line)
-    return " | ".join(out) or "(no output)"
 
 
 async def _in_thread(fn: Callable[..., T], *args: Any, abort: threading.Event | None = None) -> T:
