@@ -42,6 +42,8 @@ BREAKS = {
                                                 "pinsvc.mirrors.resolve -> pinsvc.adapters.cri"),
     "core imports CRI stubs": ("pinsvc/core/pull.py", "from pinsvc.gen.runtime.v1 import api_pb2",
                                "pinsvc.core.pull -> pinsvc.gen.runtime.v1.api_pb2"),
+    "core imports an adapter instead of its port": ("pinsvc/core/space.py", "from pinsvc.adapters import cri",
+                                                    "pinsvc.core.space -> pinsvc.adapters.cri"),
     "core imports the client package": ("pinsvc/core/verify.py", "import pinsvc_client",
                                         "pinsvc.core.verify -> pinsvc_client"),
     "product imports the dev environment": ("pinsvc/tracing.py", "from devenv import paths",
