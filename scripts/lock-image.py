@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes requirements/image.txt: the exact versions and hashes of every third-party
-distribution the container image installs (pinsvc's dependencies with the `kube` extra,
-and pinsvc-client's), resolved by pip-compile (pip-tools, in the dev extra) for the
+distribution the container image installs (pinsvc's dependencies with the `kube` and
+`controller` extras, and pinsvc-client's), resolved by pip-compile (pip-tools, in the dev extra) for the
 interpreter running this script, which should be the image's Python (3.11).
 
     .venv/bin/python scripts/lock-image.py      # needs PyPI; takes a few minutes
@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "requirements" / "image.txt"
 OWN = {"pinsvc", "pinsvc-client"}
-EXTRAS = ("kube",)
+EXTRAS = ("kube", "controller")
 
 
 def _name(requirement: str) -> str:

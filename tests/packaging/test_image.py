@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import importlib.util
 import re
 import shutil
 import subprocess
@@ -114,11 +115,20 @@ def lock_entries() -> dict[str, tuple[str, int]]:
     return entries
 
 
+def lock_script():
+    """scripts/lock-image.py as a module: its EXTRAS are what the image installs."""
+    spec = importlib.util.spec_from_file_location("lock_image", ROOT / "scripts" / "lock-image.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_lock_agrees_with_pyproject():
-    """Every exact pin of pinsvc (with `kube`) and of pinsvc-client, except the project's own
+    """Every exact pin of pinsvc (with the extras scripts/lock-image.py locks) and of pinsvc-client, except the project's own
     distributions (the image builds those from source), is locked at that version."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    wanted = _pins(project["dependencies"] + project["optional-dependencies"]["kube"])
+    extras = [r for extra in lock_script().EXTRAS for r in project["optional-dependencies"][extra]]
+    wanted = _pins(project["dependencies"] + extras)
     client = ROOT / "clients" / "python" / "pyproject.toml"
     if client.exists():
         wanted |= _pins(tomllib.loads(client.read_text())["project"].get("dependencies", []))

@@ -50,6 +50,10 @@ BREAKS = {
                                             "pinsvc.tracing -> devenv.paths"),
     "coordinator imports core": ("pinsvc/coordinator/rollout.py", "from pinsvc.core.state import State",
                                  "pinsvc.coordinator.rollout -> pinsvc.core.state"),
+    "controller imports an adapter": ("pinsvc/controller/agents.py", "from pinsvc.adapters import cri",
+                                      "pinsvc.controller.agents -> pinsvc.adapters.cri"),
+    "coordinator imports the controller": ("pinsvc/coordinator/selection.py", "from pinsvc.controller import status",
+                                           "pinsvc.coordinator.selection -> pinsvc.controller.status"),
     "API layer imports the coordinator": ("pinsvc/api/convert.py", "from pinsvc.coordinator import objects",
                                           "pinsvc.api.convert -> pinsvc.coordinator.objects"),
 }

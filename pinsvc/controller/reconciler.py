@@ -1,0 +1,395 @@
+"""The level-triggered reconcile loop (controller-runtime's model), run while this
+controller holds the Lease.
+
+Four informers keep PinnedImageSets, MachineConfigPools, Nodes and MachineConfigNodes in
+memory; any change only wakes the loop. Each pass recomputes what every node needs from
+those objects alone (`desired`), starts the node attempts the rollout rules allow
+(`desired.schedule`), writes the MachineConfigNode status the controller owns and, at most
+once per `status_interval_seconds` per pool, the pool's synchronizer status. The API server
+is the store: a node is done when its MachineConfigNode says so, so a new leader resumes
+where the old one stopped, and a no-op change calls no agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from pinsvc_client import PinClient
+
+from pinsvc.controller import status as st
+from pinsvc.controller.agents import FAILED, UNAVAILABLE, UPDATED, Agents, Outcome
+from pinsvc.controller.desired import (DELETE, STAND_ASIDE, WORK, WRITE, Desired, PoolWork, Run, decide, pool_width,
+                                       run_key, schedule, targets, unavailable_verdict, unpin_target)
+from pinsvc.controller.events import Recorder
+from pinsvc.controller.kubeapi import MCNS, NODES, POOLS, SET_VERSIONS, Informer, Kube, KubeApiError, now_rfc3339, sets
+from pinsvc.controller.settings import Settings
+from pinsvc.coordinator.loader import parse_object
+from pinsvc.coordinator.objects import Cluster, PinnedImageSet
+from pinsvc.coordinator.rollout import Target
+from pinsvc.errors import InvalidArgument
+
+log = logging.getLogger("pinsvc.controller")
+
+
+class Reconciler:
+    def __init__(self, kube: Kube, settings: Settings, connect: Callable[[str, str], PinClient], identity: str):
+        self.kube = kube
+        self.settings = settings
+        self.agents = Agents(connect, settings.rollout)
+        self.events = Recorder(kube, identity)
+        self.sets: dict[str, PinnedImageSet] = {}
+        self.invalid: dict[str, PinnedImageSet] = {}
+        self.pools: dict = {}
+        self.nodes: dict = {}
+        self.observed: dict[str, st.Observed] = {}
+        self.mcn_versions: dict[str, int] = {}
+        self.desired: dict[str, Desired] = {}
+        self.members: dict[str, tuple[str, ...]] = {}
+        self.runs: dict[str, Run] = {}
+        self.settled: dict[str, tuple] = {}  # node -> (desired, observed, paused) found needing nothing
+        self.busy: set[str] = set()  # nodes with a status write or delete in flight
+        self.retry_write: dict[str, float] = {}
+        self.touched: set[tuple[str, int]] = set()  # (set, generation) this term applied somewhere
+        self.aborted: dict[str, str] = {}
+        self.tasks: set[asyncio.Task] = set()
+        self.wake = asyncio.Event()
+        self.pools_dirty = True
+        self.topology_dirty = True
+        self.set_resource = sets(SET_VERSIONS[0])
+        self.informers: list[Informer] = []
+
+    # ---- running ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Reconciles until cancelled (the Lease is lost or the process stops)."""
+        for version in SET_VERSIONS:
+            if await self.kube.served(sets(version)):
+                self.set_resource = sets(version)
+                break
+        else:
+            raise InvalidArgument(f"the API server serves no pinnedimagesets.{self.set_resource.group} "
+                                  f"({' or '.join(SET_VERSIONS)}): install the CRDs (deploy/kubernetes/crds)")
+        self.informers = [Informer(self.kube, NODES, self._on_node), Informer(self.kube, POOLS, self._on_pool),
+                          Informer(self.kube, self.set_resource, self._on_set), Informer(self.kube, MCNS, self._on_mcn)]
+        log.info("reconciling %s", ", ".join(f"{i.resource.plural}.{i.resource.api_version}" for i in self.informers))
+        try:
+            async with asyncio.TaskGroup() as group:
+                for informer in self.informers:
+                    group.create_task(informer.run())
+                await asyncio.gather(*(i.synced.wait() for i in self.informers))
+                log.info("caches synced: %d nodes, %d pools, %d sets, %d MachineConfigNodes", len(self.nodes),
+                         len(self.pools), len(self.sets), len(self.observed))
+                group.create_task(self._loop())
+                group.create_task(self._pool_loop())
+        finally:
+            for task in list(self.tasks):
+                task.cancel()
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+            await self.agents.aclose()
+            await self.events.aclose()
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def _poke(self) -> None:
+        self.wake.set()
+
+    # ---- watch events: they only update the caches and wake the loop ------------------------
+
+    def _parsed(self, kind: str, obj: dict, into: dict) -> None:
+        name = obj["metadata"]["name"]
+        model = None if kind == "DELETED" else parse_object(f"{self.kube.server}", obj)[0]
+        if into.get(name) != model:
+            self.topology_dirty = True
+            if model is None:
+                into.pop(name, None)
+            else:
+                into[name] = model
+        self._poke()
+
+    def _on_node(self, kind: str, obj: dict) -> None:
+        self._parsed(kind, obj, self.nodes)
+
+    def _on_pool(self, kind: str, obj: dict) -> None:
+        self.pools_dirty = True
+        self._parsed(kind, obj, self.pools)
+
+    def _on_set(self, kind: str, obj: dict) -> None:
+        meta = obj["metadata"]
+        name = meta["name"]
+        model, problems = (None, []) if kind == "DELETED" else parse_object(self.kube.server, obj)
+        if problems:
+            labels = {k: v for k, v in (meta.get("labels") or {}).items() if isinstance(v, str)}
+            placeholder = PinnedImageSet(name, meta.get("generation", 1), meta.get("uid", ""), labels, (),
+                                         "; ".join(problems))
+            if self.invalid.get(name) != placeholder:
+                self.invalid[name] = placeholder
+                self.topology_dirty = True
+                self.events.emit(self.set_resource, obj, "InvalidPinnedImageSet", "; ".join(problems), warning=True)
+            self.sets.pop(name, None)
+        elif self.invalid.pop(name, None) is not None:
+            self.topology_dirty = True
+        self._parsed("DELETED" if model is None else kind, obj, self.sets)
+
+    def _on_mcn(self, kind: str, obj: dict) -> None:
+        name = obj["metadata"]["name"]
+        if kind == "DELETED":
+            self.observed.pop(name, None)
+            self.mcn_versions.pop(name, None)
+        else:
+            version = st.version(obj)
+            if version != -1 and version < self.mcn_versions.get(name, -1):
+                return  # older than what a write of ours already returned
+            self.mcn_versions[name] = version
+            self.observed[name] = st.observe(obj)
+        self.pools_dirty = True
+        self._poke()
+
+    def _store(self, obj: dict) -> st.Observed:
+        """What a write returned is the newest version: use it at once."""
+        self._on_mcn("MODIFIED", obj)
+        return self.observed[obj["metadata"]["name"]]
+
+    # ---- the loop ----------------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        while True:
+            await self.wake.wait()
+            await asyncio.sleep(self.settings.debounce_seconds)
+            self.wake.clear()
+            wake_at = self._pass(time.monotonic())
+            if wake_at is not None:
+                asyncio.get_running_loop().call_later(max(wake_at - time.monotonic(), 0), self._poke)
+
+    def _recompute(self) -> None:
+        cluster = Cluster(self.sets, self.pools, self.nodes)
+        self.desired = targets(cluster, self.invalid, port=self.settings.port, endpoints=self.settings.endpoints)
+        members: dict[str, list[str]] = {}
+        for name, desired in self.desired.items():
+            if desired.target is not None:
+                members.setdefault(desired.target.pool, []).append(name)
+        self.members = {pool: tuple(sorted(names)) for pool, names in members.items()}
+        self.topology_dirty = False
+        self.pools_dirty = True
+
+    def _pass(self, now: float) -> float | None:
+        if self.topology_dirty:
+            self._recompute()
+        need, done, failed, unpins = {}, {}, {}, []
+        for name in self.desired.keys() | self.observed.keys():
+            run = self.runs.get(name)
+            desired, observed = self.desired.get(name), self.observed.get(name, st.Observed())
+            target = desired.target if desired else None
+            done[name] = st.up_to_date(target, observed)
+            failed[name] = bool(run and run.unavailable) or st.failed_at(target, observed)
+            if (run and run.working) or name in self.busy:
+                continue
+            pool = self.pools.get(target.pool) if target else None
+            memo = (desired, observed, pool.paused if pool else False)
+            if self.settled.get(name) == memo:
+                continue
+            action, verdict = decide(desired, observed, paused=memo[2])
+            if action == WORK:
+                need[name] = True
+                if target is None:
+                    unpins.append(name)
+            elif action == WRITE and self.retry_write.get(name, 0) <= now:
+                self._spawn(self._write(name, target, verdict, memo))
+            elif action == DELETE:
+                self._spawn(self._delete(name, observed))
+            elif action == STAND_ASIDE:
+                self._stand_aside(name, observed)
+                self.settled[name] = memo
+            elif action != WRITE:
+                self.settled[name] = memo
+        work = [PoolWork(pool, members, pool_width(self.pools[pool], len(members)), self.pools[pool].paused)
+                for pool, members in self.members.items() if pool in self.pools]
+        if unpins:  # nodes that left every pool: pinning nothing is not limited by a pool
+            work.append(PoolWork("", tuple(sorted(unpins)), max(len(unpins), 1)))
+        plan = schedule(work, need, done, failed, self.runs, self.settings.rollout, now)
+        self.aborted = plan.aborted
+        for name in plan.start:
+            self._start(name)
+        return min((t for t in (plan.wake_at, *self.retry_write.values()) if t is not None and t > now), default=None)
+
+    def _start(self, name: str) -> None:
+        desired = self.desired.get(name)
+        target = desired.target if desired else None
+        if target is None:
+            observed = self.observed[name]
+            try:
+                target = unpin_target(self.nodes[name], observed.pool, port=self.settings.port,
+                                      endpoints=self.settings.endpoints)
+            except (InvalidArgument, KeyError) as e:
+                log.warning("node %s left every pool but its pins cannot be removed: %s", name, e)
+                return
+        run = self.runs.setdefault(name, Run())
+        if run.key != run_key(target):
+            run.key, run.failures, run.retry_at, run.unavailable = run_key(target), 0, 0.0, ""
+        run.working = True
+        self._spawn(self._work(name, target, run))
+
+    # ---- a node's attempt --------------------------------------------------------------------
+
+    async def _work(self, name: str, target: Target, run: Run) -> None:
+        progress: list[asyncio.Task] = []
+
+        async def say_progressing() -> None:
+            await asyncio.sleep(self.settings.progress_after_seconds)
+            write = asyncio.ensure_future(self._write_status(name, target, st.Verdict(progressing=True)))
+            progress.append(write)
+            await asyncio.shield(write)
+
+        timer: list[asyncio.Task] = []
+        try:
+            outcome = await self.agents.converge(target, lambda: timer.append(asyncio.ensure_future(say_progressing())))
+            for task in timer:
+                task.cancel()
+            await asyncio.gather(*timer, *progress, return_exceptions=True)
+            await self._finish(name, target, run, outcome)
+        except KubeApiError as e:
+            log.warning("node %s: status not written: %s", name, e)
+        finally:
+            run.working = False
+            self.pools_dirty = True
+            self._poke()
+
+    async def _finish(self, name: str, target: Target, run: Run, outcome: Outcome) -> None:
+        if outcome.applied:
+            self.touched.update((s.name, s.generation) for s in target.sets)
+        if outcome.state == UPDATED:
+            run.failures, run.unavailable, verdict = 0, "", st.Verdict()
+        else:
+            run.failures += 1
+            run.retry_at = time.monotonic() + self.settings.failure_backoff.delay(run.failures)
+            if outcome.state == UNAVAILABLE:
+                run.unavailable = f"agent at {target.endpoint} unavailable: {outcome.message}"
+                verdict = unavailable_verdict(run.unavailable)
+            else:
+                run.unavailable = ""
+                verdict = st.Verdict(degraded=True, reason=st.PREFETCH_FAILED, message=outcome.message)
+            log.warning("node %s: %s (attempt %d; again in %.0fs)", name, verdict.message, run.failures,
+                        run.retry_at - time.monotonic())
+            if name in self.nodes:
+                self.events.emit(NODES, self._raw(NODES, name), "PinnedImageSetsFailed", verdict.message,
+                                 warning=True, key=(run.key, verdict.reason, outcome.message))
+        await self._write_status(name, target, verdict, outcome.status)
+        if target.pool == "" and outcome.state == UPDATED:  # left every pool: nothing pinned, MachineConfigNode goes
+            await self._delete(name, self.observed.get(name, st.Observed()))
+
+    def _raw(self, resource, name: str) -> dict:
+        informer = next(i for i in self.informers if i.resource == resource)
+        return informer.objects.get(name) or {"metadata": {"name": name}}
+
+    # ---- writes --------------------------------------------------------------------------------
+
+    async def _write(self, name: str, target: Target | None, verdict: st.Verdict, memo: tuple) -> None:
+        self.busy.add(name)
+        try:
+            await self._write_status(name, target, verdict)
+            self.settled[name] = (memo[0], self.observed.get(name, st.Observed()), memo[2])
+            self.retry_write.pop(name, None)
+        except KubeApiError as e:
+            log.warning("node %s: status not written: %s", name, e)
+            self.retry_write[name] = time.monotonic() + self.settings.failure_backoff.delay(1)
+        finally:
+            self.busy.discard(name)
+            self._poke()
+
+    async def _write_status(self, name: str, target: Target | None, verdict: st.Verdict, agent=None) -> None:
+        """Creates or re-pools the node's MachineConfigNode when needed, then applies its
+        status when it differs (server-side apply of the status subresource)."""
+        observed = self.observed.get(name, st.Observed())
+        pool = target.pool if target and target.pool else observed.pool
+        if not observed.exists or (pool and observed.pool != pool):
+            config = ((self._raw(POOLS, pool).get("spec") or {}).get("configuration") or {}).get("name", "")
+            observed = self._store(await self.kube.apply(MCNS, st.spec(name, pool or "none", config)))
+        doc = st.node_status(name, target, observed, verdict, now=now_rfc3339(), agent=agent)
+        if st.same_status(doc, observed):
+            return
+        if lower := st.decreasing(doc, observed):
+            first = {**doc, "pinnedImageSets": [e for e in doc["pinnedImageSets"] if e["name"] not in lower]}
+            observed = self._store(await self.kube.apply(MCNS, st.status_body(name, first), subresource="status"))
+            doc = st.node_status(name, target, observed, verdict, now=now_rfc3339(), agent=agent)
+        self._store(await self.kube.apply(MCNS, st.status_body(name, doc), subresource="status"))
+
+    async def _delete(self, name: str, observed: st.Observed) -> None:
+        if name in self.busy:
+            return
+        self.busy.add(name)
+        try:
+            await self.kube.delete(MCNS, name, uid=observed.uid)
+            log.info("node %s: deleted its MachineConfigNode", name)
+            self._on_mcn("DELETED", {"metadata": {"name": name}})
+            self.runs.pop(name, None)
+            await self.agents.forget(name)
+        except KubeApiError as e:
+            log.warning("node %s: MachineConfigNode not deleted: %s", name, e)
+        finally:
+            self.busy.discard(name)
+
+    def _stand_aside(self, name: str, observed: st.Observed) -> None:
+        managers = ", ".join(observed.managers) or "another manager"
+        message = (f"MachineConfigNode/{name} was not created by {st.CONTROLLER} (managed by {managers}, e.g. the "
+                   f"Machine Config Operator): pinsvc leaves this node's pins and status to it")
+        log.info("%s", message)
+        if name in self.nodes:
+            self.events.emit(NODES, self._raw(NODES, name), "ManagedElsewhere", message)
+
+    # ---- pools ---------------------------------------------------------------------------------
+
+    async def _pool_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.status_interval_seconds)
+            if self.pools_dirty:
+                self.pools_dirty = False
+                await asyncio.gather(*(self._pool(name) for name in self.pools))
+                self._completions()
+
+    async def _pool(self, name: str) -> None:
+        raw = self._raw(POOLS, name)
+        members = []
+        for node in self.members.get(name, ()):
+            observed, run = self.observed.get(node, st.Observed()), self.runs.get(node, Run())
+            if observed.exists and not observed.ours:
+                continue
+            target = self.desired[node].target
+            degraded = observed.condition(st.DEGRADED) == "True" or bool(run.unavailable)
+            why = run.unavailable or (observed.conditions.get(st.DEGRADED) or {}).get("message", "")
+            members.append(st.PoolNode(node, st.up_to_date(target, observed), degraded,
+                                       degraded or run.working or bool(target and target.skip), why))
+        ours = any(s.get("poolSynchronizerType") == st.SYNCHRONIZER
+                   for s in (raw.get("status") or {}).get("poolSynchronizersStatus") or [])
+        if not members and not ours:
+            return
+        new = st.pool_status(raw, members, now=now_rfc3339(), aborted=self.aborted.get(name, ""))
+        if not st.pool_changed(raw, new):
+            return
+        body = {"metadata": {"resourceVersion": raw["metadata"]["resourceVersion"]}, "status": new}
+        try:
+            await self.kube.merge_patch(POOLS, name, body, subresource="status")
+        except KubeApiError as e:  # 409: changed meanwhile; the watch brings the new one and a new try
+            log.log(logging.INFO if e.status == 409 else logging.WARNING, "pool %s: status not written: %s", name, e)
+            self.pools_dirty = True
+
+    def _completions(self) -> None:
+        """A Normal event on each set whose current generation every node that should pin
+        it now pins, once per set generation this controller applied somewhere."""
+        for set_name, generation in list(self.touched):
+            image_set = self.sets.get(set_name)
+            if image_set is None or image_set.generation != generation:
+                self.touched.discard((set_name, generation))
+                continue
+            nodes = [n for n, d in self.desired.items()
+                     if d.target and any(s.name == set_name for s in d.target.sets)]
+            if nodes and all(self.observed.get(n, st.Observed()).sets.get(set_name, {}).get("currentGeneration")
+                             == generation for n in nodes):
+                self.touched.discard((set_name, generation))
+                self.events.emit(self.set_resource, self._raw(self.set_resource, set_name), "RolloutComplete",
+                                 f"generation {generation} is pinned on all {len(nodes)} nodes that should pin it",
+                                 key=(generation,))

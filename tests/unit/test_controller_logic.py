@@ -1,0 +1,122 @@
+"""The controller's pure decisions: what a node needs from its MachineConfigNode, which nodes
+start under the rollout rules, and the status documents (valid under OpenShift's rules)."""
+
+from __future__ import annotations
+
+from pinsvc_client import pb
+
+from pinsvc.controller import status as st
+from pinsvc.controller.desired import (DELETE, NOTHING, STAND_ASIDE, WORK, WRITE, Desired, PoolWork, Run, decide,
+                                       schedule, targets)
+from pinsvc.coordinator.loader import parse_object
+from pinsvc.coordinator.objects import Cluster, PinnedImageSet
+from pinsvc.coordinator.rollout import Options, Target
+
+NOW, LATER = "2026-01-01T00:00:00Z", "2026-01-01T00:05:00Z"
+S1 = PinnedImageSet("s1", 2, "", {}, ("r.example/a@sha256:" + "a" * 64,), "")
+
+
+def target(*sets, skip=None) -> Target:
+    return Target("n1", "worker", "unix:///a.sock", tuple(sets), skip)
+
+
+def mcn(sets=(), conditions=(), ours=True, generation=1) -> st.Observed:
+    labels = {st.MANAGED_BY: st.CONTROLLER} if ours else {}
+    return st.observe({"metadata": {"name": "n1", "labels": labels, "generation": generation, "uid": "u",
+                                    "managedFields": [{"manager": "machine-config-controller" if not ours else "x"}]},
+                       "spec": {"pool": {"name": "worker"}},
+                       "status": {"pinnedImageSets": list(sets), "conditions": list(conditions)}})
+
+
+def test_decide_per_node():
+    done = mcn([{"name": "s1", "desiredGeneration": 2, "currentGeneration": 2}])
+    behind = mcn([{"name": "s1", "desiredGeneration": 2, "currentGeneration": 1}])
+    assert decide(Desired("n1", target(S1)), done, paused=False) == (WRITE, st.Verdict())  # keeps conditions right
+    assert decide(Desired("n1", target(S1)), behind, paused=False) == (WORK, None)
+    assert decide(Desired("n1", target(S1)), st.Observed(), paused=False) == (WORK, None)
+    assert decide(Desired("n1", target(S1)), behind, paused=True)[1].reason == st.POOL_PAUSED
+    assert decide(Desired("n1", target(S1, skip="NotReady")), behind, paused=False)[1].reason == st.NODE_SKIPPED
+    assert decide(Desired("n1", target(S1)), mcn(ours=False), paused=False) == (STAND_ASIDE, None)
+    assert decide(None, done, paused=False) == (DELETE, None)  # the Node is gone
+    assert decide(None, st.Observed(), paused=False) == (NOTHING, None)
+    assert decide(Desired("n1", None), done, paused=False) == (WORK, None)  # left every pool: unpin first
+    assert decide(Desired("n1", None), mcn(), paused=False) == (DELETE, None)
+
+
+def test_a_node_getting_an_invalid_set_is_left_alone():
+    pool, _ = parse_object("t", {"apiVersion": "machineconfiguration.openshift.io/v1", "kind": "MachineConfigPool",
+                                 "metadata": {"name": "worker"},
+                                 "spec": {"nodeSelector": {"matchLabels": {"role": "w"}}}})
+    node, _ = parse_object("t", {"apiVersion": "v1", "kind": "Node",
+                                 "metadata": {"name": "n1", "labels": {"role": "w"},
+                                              "annotations": {"pinsvc.io/agent-endpoint": "/a.sock"}},
+                                 "status": {"conditions": [{"type": "Ready", "status": "True"}]}})
+    invalid = PinnedImageSet("bad", 3, "", {}, (), "spec.pinnedImages[0].name: not a digest")
+    found = targets(Cluster({"s1": S1}, {"worker": pool}, {"n1": node}), {"bad": invalid})
+    assert found["n1"].problem.reason == "InvalidPinnedImageSet" and "not a digest" in found["n1"].problem.message
+    assert decide(found["n1"], st.Observed(), paused=False)[0] == WRITE  # never WORK: that would unpin it
+    assert [s.name for s in targets(Cluster({"s1": S1}, {"worker": pool}, {"n1": node}), {})["n1"].target.sets] == ["s1"]
+
+
+def test_schedule_width_canary_abort_and_backoff():
+    nodes = tuple(f"n{i}" for i in range(6))
+    need = dict.fromkeys(nodes, True)
+    pool = PoolWork("worker", nodes, width=2)
+    assert schedule([pool], need, {}, {}, {}, Options(), 0).start == ["n0", "n1"]
+    runs = {"n0": Run(working=True)}
+    assert schedule([pool], need, {}, {}, runs, Options(), 0).start == ["n1"]
+    assert schedule([pool], need, {}, {}, {}, Options(canary=1), 0).start == ["n0"]
+    assert schedule([pool], need, {"n0": True}, {}, {}, Options(canary=1), 0).start == ["n0", "n1"]
+    failed = {"n0": True, "n1": True}
+    plan = schedule([pool], need, {}, failed, {"n1": Run(retry_at=10)}, Options(abort_after=2), 0)
+    assert plan.start == ["n0"] and "2 nodes failed" in plan.aborted["worker"] and plan.wake_at == 10
+    assert schedule([PoolWork("p", nodes, 2, paused=True)], need, {}, {}, {}, Options(), 0).start == []
+
+
+def test_node_status_keeps_the_rules():
+    agent = pb.NodeStatus(pinned_image_sets=[pb.PinnedImageSetStatus(name="s1", desired_generation=2,
+                                                                     current_generation=1, last_failed_generation=2,
+                                                                     last_failed_generation_error="manifest unknown")])
+    old = mcn([{"name": "s1", "desiredGeneration": 1, "currentGeneration": 1},
+               {"name": "gone", "desiredGeneration": 4, "currentGeneration": 4}],
+              [{"type": st.DEGRADED, "status": "False", "reason": "AsExpected", "message": "", "lastTransitionTime": NOW}])
+    failed = st.node_status("n1", target(S1), old, st.Verdict(degraded=True, reason=st.PREFETCH_FAILED, message="x"),
+                            now=LATER, agent=agent)
+    assert failed["pinnedImageSets"] == [{"name": "s1", "desiredGeneration": 2, "currentGeneration": 1,
+                                          "lastFailedGeneration": 2, "lastFailedGenerationError": "manifest unknown"}]
+    degraded = {c["type"]: c for c in failed["conditions"]}[st.DEGRADED]
+    assert degraded["status"] == "True" and degraded["lastTransitionTime"] == LATER and degraded["observedGeneration"] == 1
+
+    # an agent whose state was wiped reports current 0: never written as 0, nor lower than before
+    wiped = pb.NodeStatus(pinned_image_sets=[pb.PinnedImageSetStatus(name="s1", desired_generation=2)])
+    again = st.node_status("n1", target(S1), st.observe({"metadata": {"name": "n1"}, "status": {
+        "pinnedImageSets": [{"name": "s1", "desiredGeneration": 2, "currentGeneration": 2}]}}), st.Verdict(),
+        now=LATER, agent=wiped)
+    assert again["pinnedImageSets"] == [{"name": "s1", "desiredGeneration": 2}]
+
+    ok = st.node_status("n1", target(S1), mcn([{"name": "s1", "desiredGeneration": 2, "currentGeneration": 2}],
+                                              [{"type": st.DEGRADED, "status": "False", "reason": "AsExpected",
+                                                "message": "All is good", "lastTransitionTime": NOW}]),
+                        st.Verdict(), now=LATER)
+    assert {c["type"]: c["lastTransitionTime"] for c in ok["conditions"]}[st.DEGRADED] == NOW  # no transition
+
+    recreated = mcn([{"name": "s1", "desiredGeneration": 5, "currentGeneration": 5}])
+    assert st.decreasing(st.node_status("n1", target(S1), recreated, st.Verdict(), now=NOW), recreated) == ["s1"]
+
+
+def test_pool_status_counts_and_keeps_others():
+    pool = {"metadata": {"generation": 3}, "status": {
+        "poolSynchronizersStatus": [{"poolSynchronizerType": "MachineConfigNode", "machineCount": 2}],
+        "conditions": [{"type": "Updated", "status": "True"}]}}
+    members = [st.PoolNode("a", True, False, False), st.PoolNode("b", False, True, True, "agent down"),
+               st.PoolNode("c", False, False, True)]
+    new = st.pool_status(pool, members, now=NOW)
+    ours = new["poolSynchronizersStatus"][-1]
+    assert new["poolSynchronizersStatus"][0]["poolSynchronizerType"] == "MachineConfigNode"
+    assert ours == {"poolSynchronizerType": "PinnedImageSets", "machineCount": 3, "updatedMachineCount": 1,
+                    "readyMachineCount": 1, "availableMachineCount": 1, "unavailableMachineCount": 2,
+                    "observedGeneration": 3}
+    assert ours["availableMachineCount"] >= ours["readyMachineCount"]  # OpenShift's rule
+    degraded = new["conditions"][-1]
+    assert new["conditions"][0]["type"] == "Updated"
+    assert degraded["status"] == "True" and degraded["message"] == "b: agent down"
