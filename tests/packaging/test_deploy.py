@@ -80,7 +80,7 @@ def test_manifests_pass_kubeconform_strict(schemas):
     assert done.returncode == 0, json.dumps(report["resources"], indent=1) + done.stderr
     summary = report["summary"]
     assert summary == {"valid": len(documents()), "invalid": 0, "errors": 0, "skipped": 0}
-    assert len(documents()) == 8
+    assert len(documents()) == 16  # agent.yaml 3, coordinator.yaml 5, controller.yaml 8
 
 
 def test_kubeconform_rejects_a_misspelt_field(schemas, tmp_path):
