@@ -19,6 +19,7 @@ import shutil
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,8 +60,10 @@ class Node:
 class Environment:
     """The peers of the demo under `root`, one node per entry of `nodes` (name -> roles)."""
 
-    def __init__(self, root: Path, nodes: dict[str, tuple[str, ...]], *, jaeger: bool = False):
+    def __init__(self, root: Path, nodes: dict[str, tuple[str, ...]], *, jaeger: bool = False,
+                 agent_flags: Callable[[str], dict[str, str]] = lambda name: {}):
         self.root = Path(root).resolve()
+        self.agent_flags = agent_flags  # node name -> extra `pinsvc agent` flags
         self.layout = dict(nodes)
         self.registry = Registry(self.root / "registry")
         self.jaeger = Jaeger(self.root / "jaeger") if jaeger else None
@@ -109,7 +112,7 @@ class Environment:
 
     def _node(self, name: str, roles: tuple[str, ...]) -> Node:
         crio = Crio(self.root / name / "crio", registries=[self.registry.host], extra_config=self._crio_config())
-        flags = {"node-name": name}
+        flags = {"node-name": name, **self.agent_flags(name)}
         if self.jaeger is not None:
             flags["otlp-endpoint"] = self.jaeger.otlp_endpoint
         return Node(name, roles, crio, AgentProcess(self.root / name / "agent", crio, self.registry, **flags))

@@ -246,7 +246,11 @@ class KubeCluster:
         return done
 
     def apply(self, objects: list[dict], *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        """`kubectl apply -f -` of `objects` as one YAML stream."""
+        """`kubectl apply -f -` of `objects` as one YAML stream, without the fields the API
+        server owns (devenv.cluster fills them like a dump of a live cluster)."""
+        server_owned = ("resourceVersion", "uid", "creationTimestamp", "generation")
+        objects = [{**o, "metadata": {k: v for k, v in o["metadata"].items() if k not in server_owned}}
+                   for o in objects]
         return self.kubectl("apply", "-f", "-", *args, input=yaml.safe_dump_all(objects), check=check)
 
     def get(self, *args: str) -> dict:
