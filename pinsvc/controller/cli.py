@@ -90,6 +90,8 @@ async def run(settings, tls) -> None:
     except ImportError as e:
         raise errors.InvalidArgument(f"the controller needs kubernetes_asyncio: pip install 'pinsvc[controller]' ({e})")
     api = await kubeapi.connect(settings.kubeconfig, settings.context)
+    # the Lease has a client (a connection pool) of its own: a busy reconciler never delays a renewal
+    lease_api = await kubeapi.connect(settings.kubeconfig, settings.context)
     kube = kubeapi.Kube(api)
     identity = settings.leadership.resolved_identity()
     agents = functools.partial(connect, tls=tls)
@@ -98,12 +100,12 @@ async def run(settings, tls) -> None:
         asyncio.get_running_loop().add_signal_handler(sig, main.cancel)
     log.info("pinsvc-controller %s starting against %s", identity, kube.server)
     try:
-        await leader.run_elected(api, settings.leadership, identity,
+        await leader.run_elected(lease_api, settings.leadership, identity,
                                  lambda: Reconciler(kube, settings, agents, identity).run())
     except asyncio.CancelledError:
         log.info("stopped (%d API requests)", kube.requests)
     finally:
-        await api.close()
+        await asyncio.gather(api.close(), lease_api.close())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -104,7 +104,8 @@ async def run_elected(api: ApiClient, leadership: Leadership, identity: str,
     lock = None
     try:
         while True:
-            lock = Lock(leadership.lease_name, namespace, identity, api, timeout=leadership.retry_period_seconds)
+            lock = Lock(leadership.lease_name, namespace, identity, api,
+                        timeout=max(leadership.retry_period_seconds, leadership.renew_deadline_seconds / 2))
             election = LeaderElection(Config(lock, leadership.lease_seconds, leadership.renew_deadline_seconds,
                                              leadership.retry_period_seconds, onstarted_leading=lead,
                                              onstopped_leading=stopped))

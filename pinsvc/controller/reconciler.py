@@ -33,6 +33,10 @@ from pinsvc.errors import InvalidArgument
 
 log = logging.getLogger("pinsvc.controller")
 
+WRITES_IN_FLIGHT = 32
+"""MachineConfigNode writes in flight at once: a rollout of 1,000 nodes queues here, not in
+the connection pool that also carries the watches."""
+
 
 class Reconciler:
     def __init__(self, kube: Kube, settings: Settings, connect: Callable[[str, str], PinClient], identity: str):
@@ -56,6 +60,7 @@ class Reconciler:
         self.aborted: dict[str, str] = {}
         self.tasks: set[asyncio.Task] = set()
         self.wake = asyncio.Event()
+        self.writes = asyncio.Semaphore(WRITES_IN_FLIGHT)
         self.pools_dirty = True
         self.topology_dirty = True
         self.set_resource = sets(SET_VERSIONS[0])
@@ -251,11 +256,17 @@ class Reconciler:
             for task in timer:
                 task.cancel()
             await asyncio.gather(*timer, *progress, return_exceptions=True)
+            # The agent is done: the node's slot goes to the next node at once; until its status
+            # is written the node is busy (never started again on the old status).
+            self.busy.add(name)
+            run.working = False
+            self._poke()
             await self._finish(name, target, run, outcome)
         except KubeApiError as e:
             log.warning("node %s: status not written: %s", name, e)
         finally:
             run.working = False
+            self.busy.discard(name)
             self.pools_dirty = True
             self._poke()
 
@@ -279,8 +290,6 @@ class Reconciler:
                 self.events.emit(NODES, self._raw(NODES, name), "PinnedImageSetsFailed", verdict.message,
                                  warning=True, key=(run.key, verdict.reason, outcome.message))
         await self._write_status(name, target, verdict, outcome.status)
-        if target.pool == "" and outcome.state == UPDATED:  # left every pool: nothing pinned, MachineConfigNode goes
-            await self._delete(name, self.observed.get(name, st.Observed()))
 
     def _raw(self, resource, name: str) -> dict:
         informer = next(i for i in self.informers if i.resource == resource)
@@ -304,6 +313,10 @@ class Reconciler:
     async def _write_status(self, name: str, target: Target | None, verdict: st.Verdict, agent=None) -> None:
         """Creates or re-pools the node's MachineConfigNode when needed, then applies its
         status when it differs (server-side apply of the status subresource)."""
+        async with self.writes:
+            await self._write_status_now(name, target, verdict, agent)
+
+    async def _write_status_now(self, name: str, target: Target | None, verdict: st.Verdict, agent) -> None:
         observed = self.observed.get(name, st.Observed())
         pool = target.pool if target and target.pool else observed.pool
         if not observed.exists or (pool and observed.pool != pool):
