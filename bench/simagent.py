@@ -31,7 +31,7 @@ has its own address (so the coordinator opens one connection per node, not a few
 ones), and runs 2 such processes to use both cores.
 
 Once serving, the process writes `--ready FILE` (JSON: pid, endpoints in order). On SIGTERM
-or SIGINT it stops and writes `--stats FILE` (JSON: calls per kind, per node Apply count,
+or SIGINT it stops and writes `--stats FILE` (on SIGUSR1 it writes it and goes on) (JSON: calls per kind, per node Apply count,
 every Apply's start/end and each RPC's first and last call on CLOCK_MONOTONIC (comparable
 across processes), its own CPU
 seconds and peak RSS), then exits 0.
@@ -272,6 +272,8 @@ async def serve(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if args.stats:  # SIGUSR1: the statistics so far, without stopping (bench/controller.py's no-op check)
+        loop.add_signal_handler(signal.SIGUSR1, lambda: _write_stats(Path(args.stats), service, endpoints, args.name))
     if args.ready:
         _write_json(Path(args.ready), {"pid": os.getpid(), "name": args.name, "endpoints": endpoints})
     try:
@@ -280,16 +282,20 @@ async def serve(args: argparse.Namespace) -> int:
         log.warning("%s: --max-seconds %gs passed; stopping", args.name, args.max_seconds)
     await server.stop(grace=0.5)
     if args.stats:
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        s = service.stats
-        _write_json(Path(args.stats), {
-            "name": args.name, "simulation": True, "endpoints": len(endpoints), "calls": s.calls,
-            "nodes": len(service.nodes), "applies_per_node": s.applies_per_node,
-            "max_in_flight": s.max_in_flight, "intervals": s.intervals, "first": s.first, "last": s.last,
-            "current": {n.name: {k: [v.desired, v.current] for k, v in n.sets.items()}
-                        for n in service.nodes.values()},
-            "cpu_seconds": usage.ru_utime + usage.ru_stime, "peak_rss_mb": usage.ru_maxrss / 1024})
+        _write_stats(Path(args.stats), service, endpoints, args.name)
     return 0
+
+
+def _write_stats(path: Path, service: SimulatedPinService, endpoints: list[str], name: str = "") -> None:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    s = service.stats
+    _write_json(path, {
+        "name": name, "simulation": True, "endpoints": len(endpoints), "calls": s.calls,
+        "nodes": len(service.nodes), "applies_per_node": s.applies_per_node,
+        "max_in_flight": s.max_in_flight, "intervals": s.intervals, "first": s.first, "last": s.last,
+        "current": {n.name: {k: [v.desired, v.current] for k, v in n.sets.items()}
+                    for n in service.nodes.values()},
+        "cpu_seconds": usage.ru_utime + usage.ru_stime, "peak_rss_mb": usage.ru_maxrss / 1024})
 
 
 def parser() -> argparse.ArgumentParser:
