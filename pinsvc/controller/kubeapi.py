@@ -19,6 +19,7 @@ status. Nothing here logs a token or a certificate.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import os
@@ -185,6 +186,23 @@ def _message(data: bytes) -> str:
         return str(json.loads(data).get("message") or "")
     except (ValueError, AttributeError):
         return data[:200].decode(errors="replace")
+
+
+async def discover_sets(kube: Kube) -> Resource:
+    """The PinnedImageSet version served (v1, else v1alpha1). An API server that cannot
+    answer yet (just restarted, its authorizer still loading) is asked again, with backoff;
+    one serving neither raises InvalidArgument."""
+    for failures in itertools.count(1):
+        try:
+            for version in SET_VERSIONS:
+                if await kube.served(sets(version)):
+                    return sets(version)
+            raise InvalidArgument(f"the API server serves no pinnedimagesets.{MCO_GROUP} "
+                                  f"({' or '.join(SET_VERSIONS)}): install the CRDs (deploy/kubernetes/crds)")
+        except KubeApiError as e:
+            wait = WATCH_BACKOFF.delay(failures)
+            log.warning("cannot read the API's resources: %s; again in %.1fs", e, wait)
+            await asyncio.sleep(wait)
 
 
 class Informer:

@@ -24,7 +24,8 @@ from pinsvc.controller.agents import FAILED, UNAVAILABLE, UPDATED, Agents, Outco
 from pinsvc.controller.desired import (DELETE, STAND_ASIDE, WORK, WRITE, Desired, PoolWork, Run, decide, pool_width,
                                        run_key, schedule, targets, unavailable_verdict, unpin_target)
 from pinsvc.controller.events import Recorder
-from pinsvc.controller.kubeapi import MCNS, NODES, POOLS, SET_VERSIONS, Informer, Kube, KubeApiError, now_rfc3339, sets
+from pinsvc.controller.kubeapi import (MCNS, NODES, POOLS, SET_VERSIONS, Informer, Kube, KubeApiError,
+                                      discover_sets, now_rfc3339, sets)
 from pinsvc.controller.settings import Settings
 from pinsvc.coordinator.loader import parse_object
 from pinsvc.coordinator.objects import Cluster, PinnedImageSet
@@ -61,6 +62,7 @@ class Reconciler:
         self.tasks: set[asyncio.Task] = set()
         self.wake = asyncio.Event()
         self.writes = asyncio.Semaphore(WRITES_IN_FLIGHT)
+        self.timer: asyncio.TimerHandle | None = None
         self.pools_dirty = True
         self.topology_dirty = True
         self.set_resource = sets(SET_VERSIONS[0])
@@ -70,13 +72,7 @@ class Reconciler:
 
     async def run(self) -> None:
         """Reconciles until cancelled (the Lease is lost or the process stops)."""
-        for version in SET_VERSIONS:
-            if await self.kube.served(sets(version)):
-                self.set_resource = sets(version)
-                break
-        else:
-            raise InvalidArgument(f"the API server serves no pinnedimagesets.{self.set_resource.group} "
-                                  f"({' or '.join(SET_VERSIONS)}): install the CRDs (deploy/kubernetes/crds)")
+        self.set_resource = await discover_sets(self.kube)
         self.informers = [Informer(self.kube, NODES, self._on_node), Informer(self.kube, POOLS, self._on_pool),
                           Informer(self.kube, self.set_resource, self._on_set), Informer(self.kube, MCNS, self._on_mcn)]
         log.info("reconciling %s", ", ".join(f"{i.resource.plural}.{i.resource.api_version}" for i in self.informers))
@@ -121,7 +117,7 @@ class Reconciler:
         self._parsed(kind, obj, self.nodes)
 
     def _on_pool(self, kind: str, obj: dict) -> None:
-        self.pools_dirty = True
+        self.pools_dirty = True  # its status too: written from what it says now
         self._parsed(kind, obj, self.pools)
 
     def _on_set(self, kind: str, obj: dict) -> None:
@@ -168,8 +164,11 @@ class Reconciler:
             await asyncio.sleep(self.settings.debounce_seconds)
             self.wake.clear()
             wake_at = self._pass(time.monotonic())
-            if wake_at is not None:
-                asyncio.get_running_loop().call_later(max(wake_at - time.monotonic(), 0), self._poke)
+            if wake_at is not None and (self.timer is None or self.timer.when() > wake_at
+                                        or self.timer.when() < time.monotonic()):
+                if self.timer is not None:
+                    self.timer.cancel()  # one timer, for the earliest retry
+                self.timer = asyncio.get_running_loop().call_at(wake_at, self._poke)
 
     def _recompute(self) -> None:
         cluster = Cluster(self.sets, self.pools, self.nodes)
@@ -292,8 +291,7 @@ class Reconciler:
         await self._write_status(name, target, verdict, outcome.status)
 
     def _raw(self, resource, name: str) -> dict:
-        informer = next(i for i in self.informers if i.resource == resource)
-        return informer.objects.get(name) or {"metadata": {"name": name}}
+        return next(i for i in self.informers if i.resource == resource).objects.get(name) or {"metadata": {"name": name}}
 
     # ---- writes --------------------------------------------------------------------------------
 
@@ -347,9 +345,9 @@ class Reconciler:
             self.busy.discard(name)
 
     def _stand_aside(self, name: str, observed: st.Observed) -> None:
-        managers = ", ".join(observed.managers) or "another manager"
-        message = (f"MachineConfigNode/{name} was not created by {st.CONTROLLER} (managed by {managers}, e.g. the "
-                   f"Machine Config Operator): pinsvc leaves this node's pins and status to it")
+        message = (f"MachineConfigNode/{name} was not created by {st.CONTROLLER} (managed by "
+                   f"{', '.join(observed.managers) or 'another manager'}, e.g. the Machine Config Operator): "
+                   f"pinsvc leaves this node's pins and status to it")
         log.info("%s", message)
         if name in self.nodes:
             self.events.emit(NODES, self._raw(NODES, name), "ManagedElsewhere", message)
@@ -366,16 +364,7 @@ class Reconciler:
 
     async def _pool(self, name: str) -> None:
         raw = self._raw(POOLS, name)
-        members = []
-        for node in self.members.get(name, ()):
-            observed, run = self.observed.get(node, st.Observed()), self.runs.get(node, Run())
-            if observed.exists and not observed.ours:
-                continue
-            target = self.desired[node].target
-            degraded = observed.condition(st.DEGRADED) == "True" or bool(run.unavailable)
-            why = run.unavailable or (observed.conditions.get(st.DEGRADED) or {}).get("message", "")
-            members.append(st.PoolNode(node, st.up_to_date(target, observed), degraded,
-                                       degraded or run.working or bool(target and target.skip), why))
+        members = st.pool_members(self.members.get(name, ()), self.desired, self.observed, self.runs)
         ours = any(s.get("poolSynchronizerType") == st.SYNCHRONIZER
                    for s in (raw.get("status") or {}).get("poolSynchronizersStatus") or [])
         if not members and not ours:
@@ -393,16 +382,9 @@ class Reconciler:
     def _completions(self) -> None:
         """A Normal event on each set whose current generation every node that should pin
         it now pins, once per set generation this controller applied somewhere."""
-        for set_name, generation in list(self.touched):
-            image_set = self.sets.get(set_name)
-            if image_set is None or image_set.generation != generation:
-                self.touched.discard((set_name, generation))
-                continue
-            nodes = [n for n, d in self.desired.items()
-                     if d.target and any(s.name == set_name for s in d.target.sets)]
-            if nodes and all(self.observed.get(n, st.Observed()).sets.get(set_name, {}).get("currentGeneration")
-                             == generation for n in nodes):
-                self.touched.discard((set_name, generation))
+        for set_name, generation, nodes in st.completed(self.touched, self.sets, self.desired, self.observed):
+            self.touched.discard((set_name, generation))
+            if nodes:
                 self.events.emit(self.set_resource, self._raw(self.set_resource, set_name), "RolloutComplete",
-                                 f"generation {generation} is pinned on all {len(nodes)} nodes that should pin it",
+                                 f"generation {generation} is pinned on all {nodes} nodes that should pin it",
                                  key=(generation,))

@@ -230,3 +230,40 @@ def pool_changed(pool: Mapping, new: Mapping) -> bool:
     status = pool.get("status") or {}
     return (status.get("poolSynchronizersStatus") or []) != new["poolSynchronizersStatus"] or \
         (status.get("conditions") or []) != new["conditions"]
+
+
+def pool_members(names: Iterable[str], desired: Mapping, observed: Mapping[str, Observed],
+                 runs: Mapping) -> list[PoolNode]:
+    """The pool's nodes as the roll-up counts them (nodes another manager owns left out):
+    degraded from the MachineConfigNode or an agent this leader found unavailable;
+    unavailable when degraded, skipped or applying."""
+    members = []
+    for node in names:
+        seen, run = observed.get(node, Observed()), runs.get(node)
+        if seen.exists and not seen.ours:
+            continue
+        target = desired[node].target
+        unreachable = run.unavailable if run else ""
+        degraded = seen.condition(DEGRADED) == "True" or bool(unreachable)
+        why = unreachable or (seen.conditions.get(DEGRADED) or {}).get("message", "")
+        busy = bool(run and run.working) or bool(target and target.skip)
+        members.append(PoolNode(node, up_to_date(target, seen), degraded, degraded or busy, why))
+    return members
+
+
+def completed(touched: Iterable[tuple[str, int]], sets: Mapping, desired: Mapping,
+              observed: Mapping[str, Observed]) -> list[tuple[str, int, int]]:
+    """(set, generation, nodes) for each touched set generation that is done everywhere it
+    should be (nodes 0: the set changed or is gone meanwhile, nothing to announce)."""
+    done = []
+    for name, generation in list(touched):
+        image_set = sets.get(name)
+        if image_set is None or image_set.generation != generation:
+            done.append((name, generation, 0))
+            continue
+        nodes = [n for n, d in desired.items() if d.target and any(s.name == name for s in d.target.sets)]
+        if nodes and all(observed.get(n, Observed()).sets.get(name, {}).get("currentGeneration") == generation
+                         for n in nodes):
+            done.append((name, generation, len(nodes)))
+    return done
+

@@ -120,3 +120,16 @@ def test_pool_status_counts_and_keeps_others():
     degraded = new["conditions"][-1]
     assert new["conditions"][0]["type"] == "Updated"
     assert degraded["status"] == "True" and degraded["message"] == "b: agent down"
+
+
+def test_a_set_generation_is_complete_once_every_node_that_should_pin_it_does():
+    desired = {"n1": Desired("n1", target(S1)), "n2": Desired("n2", target(S1)), "n3": Desired("n3", target())}
+    current = mcn([{"name": "s1", "desiredGeneration": 2, "currentGeneration": 2}])
+    behind = mcn([{"name": "s1", "desiredGeneration": 2, "currentGeneration": 1}])
+    touched = {("s1", 2), ("s1", 1)}
+    assert st.completed(touched, {"s1": S1}, desired, {"n1": current, "n2": behind}) == [("s1", 1, 0)]
+    assert sorted(st.completed(touched, {"s1": S1}, desired, {"n1": current, "n2": current})) == [
+        ("s1", 1, 0), ("s1", 2, 2)]
+    members = st.pool_members(["n1", "n2"], desired, {"n1": current, "n2": behind},
+                              {"n2": Run(working=True)})
+    assert [(m.name, m.updated, m.unavailable) for m in members] == [("n1", True, False), ("n2", False, True)]
