@@ -260,4 +260,14 @@ class KubeCluster:
     def install_crds(self) -> None:
         """OpenShift's CRDs, applied and waited for until Established."""
         self.kubectl("apply", "--server-side", "-f", str(crd_dir()))
-        self.kubectl("wait", "--for=condition=Established", "--timeout=60s", *(f"crd/{n}" for n in CRD_NAMES))
+        # not `kubectl wait`: it fails instead of waiting while a new CRD has no conditions yet
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            established = {c["metadata"]["name"] for c in self.get("crd")["items"]
+                           if any(k["type"] == "Established" and k["status"] == "True"
+                                  for k in (c.get("status") or {}).get("conditions") or [])}
+            if established >= set(CRD_NAMES):
+                return
+            if time.monotonic() > deadline:
+                raise KubeError(f"CRDs not established within {START_TIMEOUT:g}s: {sorted(set(CRD_NAMES) - established)}")
+            time.sleep(0.2)
