@@ -99,9 +99,11 @@ def pool(name: str, *, node_role: str | None = None, config_roles: Sequence[str]
             "metadata": _metadata("MachineConfigPool", name, generation=2, labels=labels), "spec": spec}
 
 
-def pinned_image_set(name: str, images: Iterable[str], *, role: str | None = None, generation: int = 1) -> dict:
+def pinned_image_set(name: str, images: Iterable[str], *, role: str | None = None,
+                     generation: int | None = 1) -> dict:
     """A PinnedImageSet of digest references; `role` labels it for the pools whose
-    machineConfigSelector takes that role (no role: every node of the cluster)."""
+    machineConfigSelector takes that role (no role: every node of the cluster). A generation
+    of None leaves `metadata.generation` out, as in a file written by hand."""
     meta = _metadata("PinnedImageSet", name, generation=generation)
     if role is not None:
         meta["labels"] = {ROLE_LABEL: role}

@@ -147,3 +147,32 @@ async def apply(agent: AgentProcess, *sets: SetSpec, **options) -> tuple[list, g
     return events, None
 
 
+
+
+@pytest.fixture(scope="session")
+def crios(peers_root, registry, auth_registry):
+    """One CRI-O per node of the pinctl cluster (tests/e2e/cluster.py)."""
+    from tests.e2e.cluster import NODES
+    nodes = {}
+    try:
+        for name in NODES:
+            nodes[name] = Crio(peers_root / f"crio-{name}", registries=[registry.host, auth_registry.host])
+            nodes[name].start()
+        yield nodes
+    finally:
+        for node in nodes.values():
+            node.stop()
+
+
+@pytest.fixture
+def cluster(tmp_path, crios, registry, workload):
+    """The 3-node, 2-pool cluster with clean nodes, an agent each and the file written."""
+    from tests.e2e.cluster import Cluster
+    for crio in crios.values():
+        clean_node(crio)
+    c = Cluster(tmp_path, crios, registry, workload)
+    for name in c.nodes:
+        c.start_agent(name)
+    c.write(["app-a", "oci"], ["three-layers"])
+    yield c
+    c.stop()

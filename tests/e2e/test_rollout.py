@@ -6,96 +6,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
-import pytest
 import yaml
 
 from devenv import cluster as objects
-from devenv.agent import AgentProcess
-from devenv.crio import Crio
-from tests.e2e.conftest import clean_node
-
-NODES = {"n1": "worker", "n2": "worker", "n3": "infra"}
-
-
-@pytest.fixture(scope="module")
-def crios(peers_root, registry):
-    nodes = {}
-    try:
-        for name in NODES:
-            nodes[name] = Crio(peers_root / f"crio-{name}", registries=[registry.host])
-            nodes[name].start()
-        yield nodes
-    finally:
-        for node in nodes.values():
-            node.stop()
-
-
-class Cluster:
-    def __init__(self, workdir: Path, crios: dict[str, Crio], registry, workload):
-        self.workdir, self.crios, self.registry, self.workload = workdir, crios, registry, workload
-        self.agents: dict[str, AgentProcess] = {}
-        self.file = workdir / "cluster.yaml"
-        self.endpoints = workdir / "endpoints.yaml"
-        self.record_dir = workdir / "records"
-
-    def start_agent(self, name: str, **flags: str) -> AgentProcess:
-        old = self.agents.get(name)
-        if old:
-            old.stop()
-        agent = AgentProcess(self.workdir / f"agent-{name}", self.crios[name], self.registry,
-                             **{"node-name": name, **flags})
-        agent.start()
-        self.agents[name] = agent
-        self.endpoints.write_text(yaml.safe_dump({n: a.endpoint for n, a in self.agents.items()}))
-        return agent
-
-    def write(self, worker_images, infra_images, worker_generation=1, infra_generation=1) -> None:
-        w = self.workload
-        docs = [
-            objects.pinned_image_set("worker-set", [w[i] for i in worker_images], role="worker",
-                                     generation=worker_generation),
-            objects.pinned_image_set("infra-set", [w[i] for i in infra_images], role="infra",
-                                     generation=infra_generation),
-            objects.pool("worker"),
-            objects.pool("infra", config_roles=("worker", "infra")),  # infra nodes get worker's sets too
-            *(objects.node(name, ("worker", "infra") if role == "infra" else ("worker",))
-              for name, role in NODES.items()),
-        ]
-        self.file.write_text(objects.render(docs))
-
-    def pinctl(self, command: str, *args: str) -> tuple[int, dict | None, str]:
-        argv = [sys.executable, "-m", "pinsvc.coordinator.cli", command, "-f", str(self.file),
-                "--endpoints", str(self.endpoints), "-o", "json", *args]
-        if command == "rollout":
-            argv += ["--record-dir", str(self.record_dir)]
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=240)
-        doc = json.loads(proc.stdout) if proc.stdout.strip() else None
-        return proc.returncode, doc, proc.stderr
-
-
-@pytest.fixture
-def cluster(tmp_path, crios, registry, workload):
-    for crio in crios.values():
-        clean_node(crio)
-    c = Cluster(tmp_path, crios, registry, workload)
-    for name in NODES:
-        c.start_agent(name)
-    c.write(["app-a", "oci"], ["three-layers"])
-    yield c
-    for agent in c.agents.values():
-        agent.stop()
-
-
-def items(doc, kind):
-    return {i["metadata"]["name"]: i for i in doc["items"] if i["kind"] == kind}
-
-
-def synchronizer(pool_doc):
-    (entry,) = pool_doc["status"]["poolSynchronizersStatus"]
-    assert entry["poolSynchronizerType"] == "PinnedImageSets"
-    return {k: v for k, v in entry.items() if k != "poolSynchronizerType"}
+from tests.e2e.cluster import NODES, items, synchronizer
 
 
 def test_rollout_pins_each_node_its_pools_sets(cluster):
