@@ -164,6 +164,13 @@ def from_os_error(what: str, e: OSError) -> PinsvcError:
     return StateError(f"cannot write {what}: {e.strerror or e}")
 
 
+def about(image: str, error: BaseException) -> str:
+    """The error's message for a list of failed images: prefixed with the image unless the
+    message already names it (most do), so that the reference is said once."""
+    message = str(error)
+    return message if image in message else f"{image}: {message}"
+
+
 def parts(error: BaseException | None) -> list[BaseException]:
     """The errors a `combined` error stands for (the error itself when it is not one)."""
     if error is None:

@@ -53,11 +53,13 @@ MAX_VERIFY_TIMEOUT_SECONDS = 3600.0
 """Largest `VerifyPinsRequest.timeout_seconds`; 0 takes the agent's default. Negative, NaN
 and infinite values are refused (NaN or infinity would poll for ever)."""
 
-MAX_STATUS_MESSAGE_BYTES = 4096
+MAX_STATUS_MESSAGE_BYTES = 3072
 """Bound of the status message of an error answer, as sent (gRPC percent-encodes every
 byte outside printable ASCII, so one character may take up to 12 bytes). A longer message
-is cut and says how much was left out: gRPC clients refuse trailers larger than 8-16 KiB,
-and would then see RESOURCE_EXHAUSTED instead of the error."""
+is cut and says how much was left out: gRPC clients refuse trailers larger than 8 KiB by
+default, and would then see RESOURCE_EXHAUSTED instead of the error. The message is sent
+twice, as grpc-message and in the status details (base64, 4/3 of its UTF-8 bytes, which
+are at most its sent bytes): 3 KiB keeps both within 7.5 KiB."""
 
 
 def count_problem(count: int, limit: int, what: str) -> str | None:

@@ -13,9 +13,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import grpc
+from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from pinsvc_client import pb, pb_grpc
+from pinsvc_client.errors import DETAILS_KEY, DOMAIN
 
 from pinsvc import errors, limits, tracing
 from pinsvc.api import convert
@@ -30,12 +32,24 @@ _DONE = object()
 
 
 async def _abort(context: grpc.aio.ServicerContext, e: Exception) -> None:
-    """Maps an error to its gRPC status, once. Unknown exceptions become INTERNAL without
-    internals in the message."""
-    if isinstance(e, errors.PinsvcError):
-        await context.abort(e.code, limits.status_message(str(e)))
-    log.exception("internal error", exc_info=e)
-    await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}")
+    """Maps an error to its gRPC status, once, with its kind as the `ErrorInfo` reason (see
+    `_details`). Unknown exceptions become INTERNAL without internals in the message."""
+    if not isinstance(e, errors.PinsvcError):
+        log.exception("internal error", exc_info=e)
+        e = errors.PinsvcError(f"internal error: {type(e).__name__}")
+    message = limits.status_message(str(e))
+    await context.abort(e.code, message, trailing_metadata=_details(e, message))
+
+
+def _details(e: errors.PinsvcError, message: str) -> tuple[tuple[str, bytes], ...]:
+    """The status details of an error: a `google.rpc.ErrorInfo` whose reason is the error's
+    class in capitals (REGISTRY, NOT_FOUND, ...; domain pinsvc.io). It tells the caller that
+    the agent answered: an UNAVAILABLE with a reason is a peer of the agent (registry,
+    runtime) that failed, not the agent, and is not worth calling again at once."""
+    info = error_details_pb2.ErrorInfo(reason=e.error_class.upper(), domain=DOMAIN)
+    status = status_pb2.Status(code=e.code.value[0], message=message)
+    status.details.add().Pack(info)
+    return ((DETAILS_KEY, status.SerializeToString()),)
 
 
 class PinServicer(pb_grpc.PinServiceServicer):
@@ -97,7 +111,7 @@ class PinServicer(pb_grpc.PinServiceServicer):
         async for event in self._stream(context, run, convert.event_pb):
             yield event
         if error:
-            await context.abort(error[0].code, limits.status_message(str(error[0])))
+            await _abort(context, error[0])
 
     async def GetStatus(self, request, context):
         return convert.status_pb(await self._unary(context, self.agent.status()))

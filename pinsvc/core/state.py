@@ -174,7 +174,7 @@ class State:
         failed_sets = []
         for s in sets:
             record = self.sets[s.name]
-            reasons = [f"{i}: {failed[i]}" for i in s.images if i in failed]
+            reasons = [errors.about(i, failed[i]) for i in s.images if i in failed]
             if error and record.current_generation != s.generation:
                 reasons.insert(0, str(error))
             if reasons:

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -62,5 +63,21 @@ func TestErrorKeepsTheGRPCCode(t *testing.T) {
 	}
 	if wrap("GetStatus", nil) != nil || Code(nil) != codes.OK {
 		t.Error("nil must stay nil")
+	}
+}
+
+func TestErrorNamesTheAgentsReason(t *testing.T) {
+	s, err := status.New(codes.Unavailable, "registry down").WithDetails(
+		&errdetails.ErrorInfo{Reason: "REGISTRY", Domain: Domain})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var e *Error
+	if !errors.As(wrap("Apply", s.Err()), &e) || e.Reason != "REGISTRY" || e.Retryable() {
+		t.Errorf("an agent's UNAVAILABLE with a reason: %#v, want Reason REGISTRY, not retryable", e)
+	}
+	if !errors.As(wrap("Apply", status.Error(codes.Unavailable, "connection refused")), &e) ||
+		e.Reason != "" || !e.Retryable() {
+		t.Errorf("an unreachable agent: %#v, want no reason, retryable", e)
 	}
 }

@@ -40,6 +40,17 @@ const (
 // PinServiceClient is the client API for PinService service.
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// Errors: every error status the agent answers with carries a google.rpc.ErrorInfo in its
+// details (domain "pinsvc.io") whose reason names the kind of failure: INVALID_ARGUMENT;
+// INSUFFICIENT_SPACE (the space check refused, nothing pulled); NO_SPACE (a disk filled);
+// CONFLICT (the drop-in, or a generation lower than one already requested); NOT_FOUND (the
+// registry does not have the image); UNAUTHORIZED (the registry refused the credentials);
+// REGISTRY (a registry failed or could not be reached); RUNTIME_UNAVAILABLE and RUNTIME (the
+// container runtime); TIMEOUT; RELOAD_FAILED; VERIFICATION_FAILED; STATE; INTERNAL. A status
+// without one did not come from the agent's work: UNAVAILABLE or DEADLINE_EXCEEDED without
+// a reason means the agent itself could not be reached or did not answer in time, the only
+// case where calling again at once can help.
 type PinServiceClient interface {
 	// Sizes what pulling `images` would take and says whether it fits on the image
 	// filesystem. Touches nothing. Fails with INVALID_ARGUMENT on a bad reference.
@@ -167,6 +178,17 @@ func (c *pinServiceClient) VerifyPins(ctx context.Context, in *VerifyPinsRequest
 // PinServiceServer is the server API for PinService service.
 // All implementations must embed UnimplementedPinServiceServer
 // for forward compatibility.
+//
+// Errors: every error status the agent answers with carries a google.rpc.ErrorInfo in its
+// details (domain "pinsvc.io") whose reason names the kind of failure: INVALID_ARGUMENT;
+// INSUFFICIENT_SPACE (the space check refused, nothing pulled); NO_SPACE (a disk filled);
+// CONFLICT (the drop-in, or a generation lower than one already requested); NOT_FOUND (the
+// registry does not have the image); UNAUTHORIZED (the registry refused the credentials);
+// REGISTRY (a registry failed or could not be reached); RUNTIME_UNAVAILABLE and RUNTIME (the
+// container runtime); TIMEOUT; RELOAD_FAILED; VERIFICATION_FAILED; STATE; INTERNAL. A status
+// without one did not come from the agent's work: UNAVAILABLE or DEADLINE_EXCEEDED without
+// a reason means the agent itself could not be reached or did not answer in time, the only
+// case where calling again at once can help.
 type PinServiceServer interface {
 	// Sizes what pulling `images` would take and says whether it fits on the image
 	// filesystem. Touches nothing. Fails with INVALID_ARGUMENT on a bad reference.

@@ -4,14 +4,26 @@ Every failed call raises a `PinError`, converted once from grpc's `AioRpcError` 
 `__cause__`). A PinError *is* an `AioRpcError`, so `e.code()` (a `grpc.StatusCode`) and
 `e.details()` work as with grpc itself and code that catches grpc's errors keeps working.
 `ConfigError` is the caller's mistake found before any call (endpoint, TLS files).
+
+The agent names the kind of every failure it answers with in a `google.rpc.ErrorInfo`
+(domain `pinsvc.io`, in the status details): `reason`, e.g. `REGISTRY` for a registry that
+failed or could not be reached, `NOT_FOUND`, `UNAUTHORIZED`, `INSUFFICIENT_SPACE`,
+`RUNTIME_UNAVAILABLE` (proto/pinsvc/v1/pinsvc.proto lists them). A status without one did
+not come from the agent's own checks: gRPC could not reach it, or the call's deadline passed.
 """
 
 from __future__ import annotations
 
 import grpc
+from google.protobuf.message import DecodeError
+from google.rpc import error_details_pb2, status_pb2
 from grpc.aio import AioRpcError
 
 from pinsvc_client._gen.pinsvc.v1 import pinsvc_pb2 as pb
+
+DOMAIN = "pinsvc.io"
+"""`ErrorInfo.domain` of the reasons the agent sends."""
+DETAILS_KEY = "grpc-status-details-bin"
 
 
 class ConfigError(ValueError):
@@ -28,9 +40,19 @@ class PinError(AioRpcError):
         self.status = status
 
     @property
+    def reason(self) -> str:
+        """The agent's `ErrorInfo.reason` for this failure, e.g. "REGISTRY"; "" when the
+        status did not come from the agent (unreachable, deadline) or from an older agent."""
+        return reason(self.trailing_metadata())
+
+    @property
     def retryable(self) -> bool:
-        """True for codes where the same call may succeed later (agent down or busy)."""
-        return self.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+        """True when the same call may succeed later because it did not get the agent's
+        answer: UNAVAILABLE or DEADLINE_EXCEEDED without a reason (agent down, restarting, or
+        too slow). A failure the agent reports, such as an unreachable registry, is its
+        answer: calling again would only repeat the agent's own retries."""
+        return (self.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+                and not self.reason)
 
     def __str__(self) -> str:
         return f"{self.code().name}: {self.details()}"
@@ -57,7 +79,8 @@ class NotFound(PinError):
 
 
 class Unavailable(PinError):
-    """The agent cannot be reached (or its runtime or registry could not be)."""
+    """The agent cannot be reached (no `reason`), or it reports that its runtime (reason
+    RUNTIME_UNAVAILABLE) or a registry (REGISTRY) could not be."""
 
 
 class DeadlineExceeded(PinError):
@@ -88,6 +111,22 @@ ERRORS: dict[grpc.StatusCode, type[PinError]] = {
     grpc.StatusCode.INTERNAL: Internal,
 }
 """The exception class of each status code; other codes raise PinError itself."""
+
+
+def reason(trailing_metadata) -> str:
+    """The `ErrorInfo.reason` of domain pinsvc.io in a call's trailing metadata, or ""."""
+    for key, value in trailing_metadata or ():
+        if key != DETAILS_KEY:
+            continue
+        try:
+            status = status_pb2.Status.FromString(value)
+        except DecodeError:
+            return ""
+        for detail in status.details:
+            info = error_details_pb2.ErrorInfo()
+            if detail.Unpack(info) and info.domain == DOMAIN:
+                return info.reason
+    return ""
 
 
 def from_rpc_error(error: AioRpcError, *, status: pb.NodeStatus | None = None) -> PinError:

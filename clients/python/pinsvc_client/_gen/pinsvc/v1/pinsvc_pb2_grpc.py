@@ -27,7 +27,17 @@ if _version_not_supported:
 
 
 class PinServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """Errors: every error status the agent answers with carries a google.rpc.ErrorInfo in its
+    details (domain "pinsvc.io") whose reason names the kind of failure: INVALID_ARGUMENT;
+    INSUFFICIENT_SPACE (the space check refused, nothing pulled); NO_SPACE (a disk filled);
+    CONFLICT (the drop-in, or a generation lower than one already requested); NOT_FOUND (the
+    registry does not have the image); UNAUTHORIZED (the registry refused the credentials);
+    REGISTRY (a registry failed or could not be reached); RUNTIME_UNAVAILABLE and RUNTIME (the
+    container runtime); TIMEOUT; RELOAD_FAILED; VERIFICATION_FAILED; STATE; INTERNAL. A status
+    without one did not come from the agent's work: UNAVAILABLE or DEADLINE_EXCEEDED without
+    a reason means the agent itself could not be reached or did not answer in time, the only
+    case where calling again at once can help.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -73,7 +83,17 @@ class PinServiceStub:
 
 
 class PinServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Errors: every error status the agent answers with carries a google.rpc.ErrorInfo in its
+    details (domain "pinsvc.io") whose reason names the kind of failure: INVALID_ARGUMENT;
+    INSUFFICIENT_SPACE (the space check refused, nothing pulled); NO_SPACE (a disk filled);
+    CONFLICT (the drop-in, or a generation lower than one already requested); NOT_FOUND (the
+    registry does not have the image); UNAUTHORIZED (the registry refused the credentials);
+    REGISTRY (a registry failed or could not be reached); RUNTIME_UNAVAILABLE and RUNTIME (the
+    container runtime); TIMEOUT; RELOAD_FAILED; VERIFICATION_FAILED; STATE; INTERNAL. A status
+    without one did not come from the agent's work: UNAVAILABLE or DEADLINE_EXCEEDED without
+    a reason means the agent itself could not be reached or did not answer in time, the only
+    case where calling again at once can help.
+    """
 
     def CheckSpace(self, request, context):
         """Sizes what pulling `images` would take and says whether it fits on the image
@@ -182,7 +202,17 @@ def add_PinServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class PinService:
-    """Missing associated documentation comment in .proto file."""
+    """Errors: every error status the agent answers with carries a google.rpc.ErrorInfo in its
+    details (domain "pinsvc.io") whose reason names the kind of failure: INVALID_ARGUMENT;
+    INSUFFICIENT_SPACE (the space check refused, nothing pulled); NO_SPACE (a disk filled);
+    CONFLICT (the drop-in, or a generation lower than one already requested); NOT_FOUND (the
+    registry does not have the image); UNAUTHORIZED (the registry refused the credentials);
+    REGISTRY (a registry failed or could not be reached); RUNTIME_UNAVAILABLE and RUNTIME (the
+    container runtime); TIMEOUT; RELOAD_FAILED; VERIFICATION_FAILED; STATE; INTERNAL. A status
+    without one did not come from the agent's work: UNAVAILABLE or DEADLINE_EXCEEDED without
+    a reason means the agent itself could not be reached or did not answer in time, the only
+    case where calling again at once can help.
+    """
 
     @staticmethod
     def CheckSpace(request,
