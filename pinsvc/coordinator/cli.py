@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import dataclasses
 import functools
-import json
 import logging
 import os
 import sys
@@ -32,11 +31,12 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
-from pinsvc_client import PinError, SetSpec, to_dict
+from pinsvc_client import PinError, to_dict
 
 from pinsvc import errors, tracing
 from pinsvc.client import add_tls_arguments, connect, tls_from_args
-from pinsvc.coordinator import loader, report, selection
+from pinsvc.console import HelpFormatter
+from pinsvc.coordinator import content, loader, report, selection
 from pinsvc.coordinator.record import APPLYING, FAILED, UNAVAILABLE, UPDATED, WARNING, NodeRecord, Record, status_doc
 from pinsvc.coordinator.rollout import DEFAULT_PORT, Options, Rollout, plan_rollout, rollout_id
 from pinsvc.progress import ApplyProgress
@@ -78,7 +78,7 @@ class RolloutProgress:
             self.bars.update(self.pools[record.pool], advance=1)
             if record.node in self.nodes:
                 self.bars.remove_task(self.nodes.pop(record.node))
-            self._say(f"{record.pool}/{record.node}: {record.state}: {record.reason}")
+            self._say(f"{record.pool}/{_line(record)}")
 
     def _say(self, text: str) -> None:
         if self.live:
@@ -152,8 +152,15 @@ def _summary(rollout: Rollout, plans) -> str:
         lines.append(f"pool {plan.name}: {len(records)} nodes, {len(records) - len(failing)} ready, "
                      f"{to_pull / 2**30:.2f} GiB to pull (after decompression), max {plan.max_parallel} at once"
                      + (" (paused)" if plan.paused else ""))
-        lines += [f"  {r.node}: {r.state}: {r.reason}" for r in failing]
+        lines += [f"  {_line(r)}" for r in failing]
     return "\n".join(lines)
+
+
+def _line(record: NodeRecord) -> str:
+    """`node: State (Cause): reason`, for the messages on stderr."""
+    cause = report.cause(record) if record.state != UPDATED else ""
+    return f"{record.node}: {record.state}" + (f" ({cause})" if cause and cause != record.state else "") + \
+        f": {record.reason}"
 
 
 async def _plan(args) -> int:
@@ -194,7 +201,12 @@ async def _status(args) -> int:
     await rollout.read_status()
     doc, bad = _documents(rollout, plans)
     print(report.render(doc, args.output or "yaml"))
-    return 1 if bad else 0
+    behind = [r for p in plans for r in map(rollout.record.node, p.targets) if r.state != UPDATED]
+    if behind:
+        total = sum(len(p.targets) for p in plans)
+        print(f"pinctl: {len(behind)} of {total} nodes are not at the desired content:\n  "
+              + "\n  ".join(map(_line, behind)), file=sys.stderr)
+    return 1 if bad or behind else 0
 
 
 async def _node(args) -> int:
@@ -202,24 +214,34 @@ async def _node(args) -> int:
         if args.node_command == "status":
             print(report.render({"status": status_doc(await client.status())}, args.output or "yaml"))
         elif args.node_command == "check-space":
-            print(json.dumps(to_dict(await client.check_space(args.images)), indent=2))
+            plan = await client.check_space(args.images)
+            print(report.render(to_dict(plan), args.output or "json"))
+            if not plan.fits:
+                print(f"pinctl: the images do not fit: {plan.verdict}", file=sys.stderr)
+                return 1
         else:
             cluster = loader.load(args.file)
-            specs = [SetSpec(s.name, s.generation, s.images) for s in cluster.sets.values()]
-            with ApplyProgress() as progress:
-                status = await client.apply(specs, on_event=progress.update)
+            specs = content.specs(list(cluster.sets.values()), await client.status())
+            try:
+                with ApplyProgress() as progress:
+                    status = await client.apply(specs, on_event=progress.update)
+            except PinError as e:
+                if e.status is not None:  # a set failed: the node's status says which, and what it kept
+                    print(report.render({"status": status_doc(e.status)}, args.output or "yaml"))
+                raise
             print(report.render({"status": status_doc(status)}, args.output or "yaml"))
     return 0
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pinctl", description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--log-level", default="warning")
+                                epilog=__doc__.split("\n", 2)[2], formatter_class=HelpFormatter)
+    p.add_argument("--log-level", default="warning", help="debug, info, warning or error")
     p.add_argument("--otlp-endpoint", default="",
                    help="OTLP/gRPC endpoint for traces, e.g. http://127.0.0.1:4317 (default: OTEL_EXPORTER_OTLP_ENDPOINT; unset = off)")
     add_tls_arguments(p)
     sub = p.add_subparsers(dest="command", required=True)
+    sub_parser = functools.partial(sub.add_parser, formatter_class=HelpFormatter)
 
     def cluster_args(sp):
         source = sp.add_mutually_exclusive_group(required=True)
@@ -231,39 +253,45 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--endpoints", help="YAML/JSON map of node name -> agent endpoint")
         sp.add_argument("--port", type=int, default=DEFAULT_PORT, help="agent port on a node's InternalIP")
         sp.add_argument("--concurrency", type=int, default=100, help="agent calls in flight")
-        sp.add_argument("-o", "--output", choices=("yaml", "json"), help="machine-readable output")
+        sp.add_argument("-o", "--output", choices=("yaml", "json"), help=output_help)
         add_tls_arguments(sp, subcommand=True)
 
-    plan = sub.add_parser("plan", help="pre-flight only: space on every target node, per pool")
+    output_help = "machine-readable output (default: a summary)"
+    plan = sub_parser("plan", help="pre-flight only: space on every target node, per pool")
     cluster_args(plan)
-    roll = sub.add_parser("rollout", help="roll the sets out, pool by pool")
+    output_help = "output format (default: yaml)"
+    roll = sub_parser("rollout", help="roll the sets out, pool by pool")
     cluster_args(roll)
     roll.add_argument("--canary", type=int, default=0, help="apply the first N nodes of each pool first")
     roll.add_argument("--canary-pause", action="store_true", help="stop after the canary; rerun to go on")
     roll.add_argument("--max-parallel", type=int, default=0, help="nodes applying at once per pool (default: maxUnavailable)")
     roll.add_argument("--abort-after", type=int, default=1, help="abort a pool once N nodes failed (0 = never)")
-    roll.add_argument("--node-deadline", type=float, default=3600.0, help="seconds per node")
+    roll.add_argument("--node-deadline", type=float, default=3600.0, help="seconds per node (0 = none)")
     retry = Options().backoff
     roll.add_argument("--retries", type=int, default=retry.attempts,
-                      help="attempts per node while its agent is unavailable (default %(default)s)")
+                      help="attempts per node while its agent is unavailable (default: %(default)s)")
     roll.add_argument("--retry-backoff-initial-seconds", type=float, default=retry.initial_seconds,
-                      help="wait before the second attempt (default %(default)s)")
+                      help="wait before the second attempt (default: %(default)s)")
     roll.add_argument("--retry-backoff-factor", type=float, default=retry.factor,
-                      help="growth of the wait per attempt (default %(default)s)")
+                      help="growth of the wait per attempt (default: %(default)s)")
     roll.add_argument("--retry-backoff-max-seconds", type=float, default=retry.max_seconds,
-                      help="cap of the wait between attempts (default %(default)s)")
+                      help="cap of the wait between attempts (default: %(default)s)")
     roll.add_argument("--retry-backoff-jitter", type=float, default=retry.jitter,
-                      help="random +/- fraction applied to each wait (default %(default)s)")
+                      help="random +/- fraction applied to each wait (default: %(default)s)")
     roll.add_argument("--parallelism", type=int, default=0, help="pulls in flight per node (0 = agent default)")
-    roll.add_argument("--record-dir", help="where the durable rollout record lives (default ~/.local/state/pinctl)")
-    status = sub.add_parser("status", help="MachineConfigNode/Pool status read live from every agent")
+    roll.add_argument("--record-dir", help="where the durable rollout record lives (default: ~/.local/state/pinctl)")
+    status = sub_parser("status", help="MachineConfigNode/Pool status read live from every agent; exit 1 "
+                                       "unless every node is at the desired content")
     cluster_args(status)
-    node = sub.add_parser("node", help="talk to one agent directly")
+    node = sub_parser("node", help="talk to one agent directly")
     node_sub = node.add_subparsers(dest="node_command", required=True)
-    for name in ("apply", "status", "check-space"):
-        n = node_sub.add_parser(name)
+    for name, help in (("apply", "make the agent pin exactly the sets of the files"),
+                       ("status", "the agent's MachineConfigNode status"),
+                       ("check-space", "size images against the node's free space; exit 1 when they do not fit")):
+        n = node_sub.add_parser(name, help=help, description=help, formatter_class=HelpFormatter)
         n.add_argument("--endpoint", required=True, help="unix:///path or host:port")
-        n.add_argument("-o", "--output", choices=("yaml", "json"))
+        n.add_argument("-o", "--output", choices=("yaml", "json"),
+                       help=f"output format (default: {'json' if name == 'check-space' else 'yaml'})")
         add_tls_arguments(n, subcommand=True)
         if name == "apply":
             n.add_argument("-f", "--file", action="append", required=True, help="PinnedImageSet objects")

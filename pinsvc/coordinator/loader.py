@@ -141,12 +141,12 @@ def _parse_set(obj: _Object) -> PinnedImageSet:
     if obj.name and (problem := set_name_problem(obj.name)):
         obj.problem(problem)
     meta = obj.mapping(obj.body.get("metadata"), "metadata")
-    generation = meta.get("generation")
+    generation = meta.get("generation")  # None in a file written by hand: see coordinator.content
     if generation is None:
-        generation = 1
+        pass
     elif isinstance(generation, bool) or not isinstance(generation, int):
         obj.problem(f"metadata.generation {generation!r} is not an integer")
-        generation = 1
+        generation = None
     elif generation < 1:
         obj.problem(f"metadata.generation is {generation}: generations start at 1")
     labels = obj.strings(meta.get("labels"), "metadata.labels")

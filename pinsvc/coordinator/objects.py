@@ -62,7 +62,7 @@ def selects(selector: LabelSelector | None, labels: Mapping[str, str]) -> bool:
 @dataclass(frozen=True)
 class PinnedImageSet:
     name: str
-    generation: int
+    generation: int | None  # metadata.generation; None when not given (derived per node, see content.py)
     uid: str
     labels: dict[str, str]
     images: tuple[str, ...]

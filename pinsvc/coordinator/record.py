@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pinsvc_client import pb
+import grpc
+from pinsvc_client import PinError, pb
 
 from pinsvc.files import write_atomic
 
@@ -21,7 +22,29 @@ if TYPE_CHECKING:
 PENDING, SKIPPED, UPDATED, FAILED, UNAVAILABLE, NOT_STARTED, PAUSED = (
     "Pending", "Skipped", "Updated", "Failed", "Unavailable", "NotStarted", "Paused")
 APPLYING, CHECKED, WARNING = "Applying", "Checked", "Warning"
-DEGRADED = "PinnedImageSetsDegraded"
+DEGRADED, PROGRESSING = "PinnedImageSetsDegraded", "PinnedImageSetsProgressing"
+
+# Why a node failed: the reason of its PinnedImageSetsDegraded condition.
+AGENT_UNAVAILABLE, REGISTRY_UNAVAILABLE, IMAGE_NOT_FOUND, UNAUTHORIZED = (
+    "AgentUnavailable", "RegistryUnavailable", "ImageNotFound", "Unauthorized")
+INSUFFICIENT_SPACE, NO_SPACE_LEFT, RUNTIME_UNAVAILABLE, PREFETCH_FAILED = (
+    "InsufficientSpace", "NoSpaceLeft", "RuntimeUnavailable", "PrefetchFailed")
+_BY_REASON = {"REGISTRY": REGISTRY_UNAVAILABLE, "NOT_FOUND": IMAGE_NOT_FOUND, "UNAUTHORIZED": UNAUTHORIZED,
+              "INSUFFICIENT_SPACE": INSUFFICIENT_SPACE, "NO_SPACE": NO_SPACE_LEFT,
+              "RUNTIME_UNAVAILABLE": RUNTIME_UNAVAILABLE}
+_BY_CODE = {grpc.StatusCode.NOT_FOUND: IMAGE_NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED: UNAUTHORIZED,
+            grpc.StatusCode.RESOURCE_EXHAUSTED: INSUFFICIENT_SPACE}
+
+
+def cause(e: PinError) -> str:
+    """The cause of a failed call: AgentUnavailable when the agent did not answer (the only
+    one worth calling again), else what the agent says failed (its ErrorInfo reason, or
+    the status code of an agent that sends none); PrefetchFailed for any other failure."""
+    if e.retryable:
+        return AGENT_UNAVAILABLE
+    if e.reason:
+        return _BY_REASON.get(e.reason, PREFETCH_FAILED)
+    return _BY_CODE.get(e.code(), PREFETCH_FAILED)
 
 
 @dataclass
@@ -33,6 +56,7 @@ class NodeRecord:
     endpoint: str
     state: str = PENDING
     reason: str = ""
+    cause: str = ""  # why it failed (AgentUnavailable, RegistryUnavailable, ...); "" otherwise
     attempts: int = 0
     images: int = 0
     images_done: int = 0

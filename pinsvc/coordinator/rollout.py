@@ -8,7 +8,9 @@ bad endpoints before any node is contacted. `Rollout` then runs:
    than abort-after nodes failed, a deadline per node, retries for unavailable agents,
    paused pools untouched. One failing node never cancels the others.
 Resumable: before applying, each agent is asked for its status and a node already at the
-desired generations is not applied again; a durable record keeps each node's outcome.
+desired content (`content.gaps`) is not applied again; a durable record keeps each node's
+outcome. Only an agent that does not answer is called again (`Options.backoff`); a failure
+the agent reports (a registry, an image, space) is the node's outcome, with its cause.
 """
 
 from __future__ import annotations
@@ -21,15 +23,16 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-import grpc
 from pinsvc_client import PinClient, PinError, SetSpec, pb
 
 from pinsvc import errors, tracing
 from pinsvc.client import connect
-from pinsvc.coordinator import selection
+from pinsvc.coordinator import content, selection
 from pinsvc.coordinator.objects import Cluster, Node, PinnedImageSet
-from pinsvc.coordinator.record import (APPLYING, CHECKED, FAILED, NOT_STARTED, PAUSED, PENDING, SKIPPED, UNAVAILABLE,
-                                       UPDATED, WARNING, NodeRecord, Record, status_doc)
+from pinsvc.coordinator.record import (AGENT_UNAVAILABLE, APPLYING, CHECKED, DEGRADED, FAILED, INSUFFICIENT_SPACE,
+                                       NOT_STARTED, PAUSED, PENDING, PREFETCH_FAILED, PROGRESSING,
+                                       REGISTRY_UNAVAILABLE, RUNTIME_UNAVAILABLE, SKIPPED, UNAVAILABLE, UPDATED,
+                                       WARNING, NodeRecord, Record, cause, status_doc)
 from pinsvc.retry import Backoff, retry
 
 log = logging.getLogger("pinsvc.coordinator")
@@ -50,8 +53,16 @@ class Target:
     def images(self) -> list[str]:
         return list(dict.fromkeys(i for s in self.sets for i in s.images))
 
-    def specs(self) -> list[SetSpec]:
-        return [SetSpec(s.name, s.generation, s.images) for s in self.sets]
+    def specs(self, status: pb.NodeStatus | None = None) -> list[SetSpec]:
+        """The sets to apply to this node, whose agent reported `status` (generations of sets
+        written without one are derived from it: see `content`)."""
+        return content.specs(self.sets, status)
+
+
+def is_current(status: pb.NodeStatus, target: Target) -> bool:
+    """The node is at the target's desired content (`content.gaps`), not merely at its
+    generation numbers."""
+    return not content.gaps(target.specs(status), status)
 
 
 @dataclass(frozen=True)
@@ -115,21 +126,13 @@ Progress = Callable[[NodeRecord, "pb.ApplyEvent | None"], None]
 
 
 def rollout_id(plans: list[PoolPlan]) -> str:
-    """Stable id of a desired state: the same cluster input resumes the same record."""
-    doc = sorted((t.node, t.endpoint, [(s.name, s.generation) for s in t.sets]) for p in plans for t in p.targets)
+    """Stable id of a desired state (sets by name, generation and images): the same cluster
+    input resumes the same record, an edited one starts a new record."""
+    sets = {s.name: s for p in plans for t in p.targets for s in t.sets}
+    digests = {name: hashlib.sha256("\n".join(sorted(s.images)).encode()).hexdigest() for name, s in sets.items()}
+    doc = sorted((t.node, t.endpoint, [(s.name, s.generation, digests[s.name]) for s in t.sets])
+                 for p in plans for t in p.targets)
     return hashlib.sha256(json.dumps(doc).encode()).hexdigest()[:16]
-
-
-def is_current(status: pb.NodeStatus, target: Target) -> bool:
-    """The node already pins exactly the target's sets at their generations."""
-    have = {s.name: s for s in status.pinned_image_sets}
-    want = {s.name: s.generation for s in target.sets}
-    return set(have) == set(want) and all(
-        have[n].current_generation == g and have[n].desired_generation == g for n, g in want.items())
-
-
-def _unavailable(e: PinError) -> bool:
-    return e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
 class Rollout:
@@ -148,7 +151,7 @@ class Rollout:
         for target in (t for p in plans for t in p.targets):
             # The record keeps the last run's outcome; this run finds each node's state anew.
             record = self.record.node(target)
-            record.state, record.reason = PENDING, ""
+            record.state, record.reason, record.cause = PENDING, "", ""
 
     # ---- pre-flight ----------------------------------------------------------------------
 
@@ -174,18 +177,18 @@ class Rollout:
             async with self._gate:
                 plan = await self._call(target, lambda c: c.check_space(target.images), record)
         except PinError as e:
-            if _unavailable(e) or e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            _failed(record, e, "pre-flight: ")
+            if record.cause == INSUFFICIENT_SPACE:
                 record.fits = False
-                record.state = UNAVAILABLE if _unavailable(e) else FAILED
-            else:
+            elif record.cause not in (AGENT_UNAVAILABLE, REGISTRY_UNAVAILABLE, RUNTIME_UNAVAILABLE):
                 # Some images cannot be sized (e.g. not in the registry): the sets holding them
                 # will fail on the node, the others can still be pinned, so the node goes on.
+                # A registry or runtime that does not answer would only fail the Apply again.
                 record.fits, record.state = None, WARNING
-            record.reason = f"pre-flight: {e.code().name}: {e.details()}"
         else:
             record.required_bytes, record.free_bytes, record.fits = plan.required_bytes, plan.free_bytes, plan.fits
             if not plan.fits:
-                record.state, record.reason = FAILED, f"pre-flight: {plan.verdict}"
+                record.state, record.reason, record.cause = FAILED, f"pre-flight: {plan.verdict}", INSUFFICIENT_SPACE
             else:
                 record.state, record.reason = CHECKED, plan.verdict
         self.progress(record, None)
@@ -201,16 +204,20 @@ class Rollout:
                 async with self._gate:
                     status = await self._call(target, lambda c: c.status(), record)
             except PinError as e:
-                record.state, record.reason = UNAVAILABLE, f"{e.code().name}: {e.details()}"
+                _failed(record, e)
                 return
             record.status = status_doc(status)
-            if is_current(status, target):
-                record.state, record.reason = UPDATED, "at the desired generations"
+            gaps = content.gaps(target.specs(status), status)
+            conditions = {c.type: c for c in status.conditions}
+            if not gaps:
+                record.state, record.reason = UPDATED, "at the desired content"
+            elif conditions.get(PROGRESSING) and conditions[PROGRESSING].status == "True":
+                record.state, record.reason = APPLYING, "applying; " + "; ".join(gaps)
+            elif conditions.get(DEGRADED) and conditions[DEGRADED].status == "True":
+                record.state, record.cause = FAILED, conditions[DEGRADED].reason or PREFETCH_FAILED
+                record.reason = "; ".join(gaps)
             else:
-                failed = [s for s in status.pinned_image_sets if s.last_failed_generation]
-                record.state = FAILED if failed else PENDING
-                record.reason = ("; ".join(f"{s.name}: {s.last_failed_generation_error}" for s in failed)
-                                 or "not at the desired generations yet")
+                record.state, record.reason = PENDING, "; ".join(gaps)
 
         try:
             await asyncio.gather(*(one(t) for p in self.plans for t in p.targets))
@@ -319,11 +326,10 @@ class Rollout:
             async with asyncio.timeout(self.options.node_deadline_seconds or None):
                 await self._converge(target, record)
         except TimeoutError:
-            record.state = FAILED
+            record.state, record.cause = FAILED, PREFETCH_FAILED
             record.reason = f"deadline of {self.options.node_deadline_seconds:g}s passed"
         except PinError as e:
-            record.state = UNAVAILABLE if _unavailable(e) else FAILED
-            record.reason = f"{e.code().name}: {e.details()}"
+            _failed(record, e)
         record.seconds = time.monotonic() - start
         self.progress(record, None)
         self._save()
@@ -334,16 +340,18 @@ class Rollout:
         # that nodes finish one by one instead of every node reading its status first.
         async with self._gate:
             status = await self._call(target, lambda c: c.status(), record)
-            if is_current(status, target):
-                record.state, record.reason = UPDATED, "already at the desired generations"
+            specs = target.specs(status)
+            if not content.gaps(specs, status):
+                record.state, record.reason = UPDATED, "already at the desired content"
                 record.status = status_doc(status)
                 return
             record.state, record.reason = APPLYING, ""
             record.images_done = record.bytes_done = 0
             self.progress(record, None)
+            final: list[pb.NodeStatus] = []
 
             async def apply(client: PinClient) -> None:
-                async for event in client.apply(target.specs(), parallelism=self.options.parallelism):
+                async for event in client.apply(specs, parallelism=self.options.parallelism):
                     kind = event.WhichOneof("event")
                     if kind == "image" and event.image.kind in (pb.ImageEvent.PULLED,
                                                                 pb.ImageEvent.ALREADY_PRESENT):
@@ -352,15 +360,16 @@ class Rollout:
                         self.progress(record, event)
                     elif kind == "status":
                         record.status = status_doc(event.status)
+                        final.append(event.status)
 
-            try:
-                await self._call(target, apply, record)
-            except PinError as e:
-                if record.status is not None and not _unavailable(e):
-                    record.state, record.reason = FAILED, f"{e.code().name}: {e.details()}"
-                    return
-                raise
-        record.state, record.reason = UPDATED, "pinned and verified"
+            await self._call(target, apply, record)
+        # The agent says it succeeded; success is reported only for content it reports too.
+        gaps = content.gaps(specs, final[-1]) if final else ["the agent's Apply ended without its status"]
+        if gaps:
+            record.state, record.cause = FAILED, PREFETCH_FAILED
+            record.reason = "the Apply succeeded but the node is not at the desired content: " + "; ".join(gaps)
+        else:
+            record.state, record.reason = UPDATED, "pinned and verified"
 
     async def _call(self, target: Target, fn, record: NodeRecord):
         """Calls the agent over the node's channel (one per node for the whole rollout),
@@ -392,3 +401,13 @@ class Rollout:
         if force or now - self._saved_at >= SAVE_INTERVAL_SECONDS:
             self.record.save()
             self._saved_at = now
+
+
+def _failed(record: NodeRecord, e: PinError, prefix: str = "") -> None:
+    """Records a failed call: Unavailable when the agent did not answer, else Failed, with
+    the cause (`record.cause`) and the agent's message (its status code too when the cause
+    says nothing more)."""
+    record.cause = cause(e)
+    record.state = UNAVAILABLE if record.cause == AGENT_UNAVAILABLE else FAILED
+    detail = f"{e.code().name}: {e.details()}" if record.cause == PREFETCH_FAILED else e.details()
+    record.reason = prefix + detail

@@ -34,7 +34,7 @@ def test_rollout_pins_each_node_its_pools_sets(cluster):
     # Rerunning finds every node at the desired generations and applies nothing.
     code, doc, err = cluster.pinctl("rollout")
     assert code == 0, err
-    assert err.count("already at the desired generations") == 3
+    assert err.count("already at the desired content") == 3
 
 
 def test_a_set_change_rolls_out_the_new_generation_and_unpins_removed_images(cluster):
@@ -83,7 +83,7 @@ def test_an_agent_killed_mid_rollout_shows_unavailable_and_a_rerun_resumes(clust
     cluster.agents["n1"].start()
     code, doc, err = cluster.pinctl("rollout")
     assert code == 0, err
-    assert err.count("already at the desired generations") == 2, "n2 and n3 are not applied again"
+    assert err.count("already at the desired content") == 2, "n2 and n3 are not applied again"
     assert synchronizer(items(doc, "MachineConfigPool")["worker"])["updatedMachineCount"] == 2
 
 

@@ -41,7 +41,8 @@ class _Client:
 
     def _status(self, current):
         return pb.NodeStatus(node=self.node, pinned_image_sets=[pb.PinnedImageSetStatus(
-            name="s", desired_generation=3, current_generation=3 if current else 0)])
+            name="s", desired_generation=3, current_generation=3 if current else 0)],
+            images=[pb.ImageDetail(image=i, sets=["s"], pinned=current) for i in SET.images])
 
     async def status(self):
         self._answer()
@@ -132,7 +133,7 @@ async def test_unavailable_agents_are_retried_then_reported():
 async def test_nodes_already_current_are_not_applied_again():
     rollout, agents = await run([pool("w", ["a", "b"])], {"a": "current"})
     assert agents.applied == ["b"]
-    assert rollout.record.nodes["a"].reason == "already at the desired generations"
+    assert rollout.record.nodes["a"].reason == "already at the desired content"
 
 
 @pytest.mark.parametrize("deadline", [0.05])
