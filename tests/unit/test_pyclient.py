@@ -69,9 +69,22 @@ def test_errors_by_code_keep_the_details():
     assert from_rpc_error(grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, None, None, "down")).retryable
 
 
+def test_to_dict_keeps_zero_values_and_64_bit_numbers():
+    """Every field present, 64-bit integers as numbers, nested and repeated ones too."""
+    plan = to_dict(pb.SpacePlan(images=[pb.ImagePlan(image=REF, compressed_bytes=1 << 40)], free_bytes=5))
+    assert plan["requiredBytes"] == 0 and plan["fits"] is False and plan["verdict"] == ""
+    assert plan["freeBytes"] == 5 and plan["images"][0]["compressedBytes"] == 1 << 40
+    assert plan["images"][0]["present"] is False and plan["images"][0]["layers"] == 0
+    status = to_dict(pb.NodeStatus(pinned_image_sets=[pb.PinnedImageSetStatus(name="s", desired_generation=2)]))
+    assert status["pinnedImageSets"] == [{"name": "s", "desiredGeneration": 2, "currentGeneration": 0,
+                                          "lastFailedGeneration": 0, "lastFailedGenerationError": ""}]
+    event = to_dict(pb.ApplyEvent(image=pb.ImageEvent(image=REF, kind=pb.ImageEvent.PULLED)))
+    assert "stage" not in event and event["image"]["kind"] == "PULLED", "only the oneof member that is set"
+
+
 def test_requests():
     request = apply_request([SetSpec("web", 2, (REF, REF))], parallelism=3, attempt_timeout=0)
-    assert to_dict(request) == {"sets": [{"name": "web", "generation": "2", "images": [REF, REF]}],
+    assert to_dict(request) == {"sets": [{"name": "web", "generation": 2, "images": [REF, REF]}],
                                 "pull": {"parallelism": 3, "attemptTimeoutSeconds": 0.0}}
     assert not apply_request([]).pull.HasField("attempt_timeout_seconds")  # the agent's default
     with pytest.raises(TypeError, match="not one string"):

@@ -1,7 +1,7 @@
 """The async client: `connect()` and `PinClient`, one method per RPC of the agent.
 
 Results are the API's protobuf messages (typed by the generated `.pyi`); `to_dict` turns
-one into JSON-ready data. Every failed call raises a PinError subclass (pinsvc_client.errors).
+one into plain data (camelCase, zero values present, 64-bit integers as numbers). Every failed call raises a PinError subclass (pinsvc_client.errors).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import json_format
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from pinsvc_client._gen.pinsvc.v1 import pinsvc_pb2 as pb
@@ -63,9 +64,33 @@ def apply_request(sets: Iterable[SetSpec], *, parallelism: int = 0,
     return pb.ApplyRequest(sets=[s.to_proto() for s in sets], pull=pull_options(parallelism, attempt_timeout))
 
 
+_INT64 = frozenset((FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_SINT64,
+                    FieldDescriptor.TYPE_FIXED64, FieldDescriptor.TYPE_SFIXED64))
+
+
 def to_dict(message: Message) -> dict[str, Any]:
-    """A message as JSON-ready data (camelCase keys, enums by name, 64-bit ints as strings)."""
-    return json_format.MessageToDict(message, preserving_proto_field_name=False)
+    """A message as plain data for JSON or YAML: camelCase keys (the API's JSON names),
+    enums by name, every field present, zero values included (a field without presence is
+    never "missing"), and 64-bit integers as numbers, not the strings of the proto3 JSON
+    mapping."""
+    return _numbers(message.DESCRIPTOR, json_format.MessageToDict(message, always_print_fields_with_no_presence=True))
+
+
+def _numbers(descriptor, data: dict[str, Any]) -> dict[str, Any]:
+    """`data` (of a message of `descriptor`) with its 64-bit integer strings as ints."""
+    for field in descriptor.fields:
+        if field.json_name not in data:
+            continue
+        value = data[field.json_name]
+        repeated = isinstance(value, list)
+        if field.message_type is not None and not field.message_type.GetOptions().map_entry:
+            convert = lambda item, d=field.message_type: _numbers(d, item)  # noqa: E731
+        elif field.type in _INT64:
+            convert = int
+        else:
+            continue
+        data[field.json_name] = [convert(v) for v in value] if repeated else convert(value)
+    return data
 
 
 def health_status(data: bytes) -> str:
