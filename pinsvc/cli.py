@@ -19,6 +19,7 @@ from pathlib import Path
 
 
 from pinsvc import config, errors, logs, tracing
+from pinsvc.console import HelpFormatter
 
 DEFAULT_ENDPOINT = "unix:///run/pinsvc/pinsvc.sock"
 
@@ -87,15 +88,16 @@ def _client_command(args: argparse.Namespace) -> int:
         return 2
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     from pinsvc.client import add_tls_arguments
-    parser = argparse.ArgumentParser(prog="pinsvc", description="Pre-pull and pin container images through the CRI.")
+    parser = argparse.ArgumentParser(prog="pinsvc", description="Pre-pull and pin container images through the CRI.",
+                                     formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    agent = sub.add_parser("agent", help="run the node agent")
+    agent = sub.add_parser("agent", help="run the node agent", formatter_class=HelpFormatter)
     config.add_arguments(agent)
     for name, help in (("apply", "make the node pin exactly the given sets"), ("status", "show the node status"),
                        ("check-space", "size images against the node's free space")):
-        p = sub.add_parser(name, help=help)
+        p = sub.add_parser(name, help=help, formatter_class=HelpFormatter)
         p.add_argument("--endpoint", default=DEFAULT_ENDPOINT, help="agent endpoint (unix:///path or host:port)")
         add_tls_arguments(p)
         if name == "apply":
@@ -103,10 +105,16 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--parallelism", type=int, default=0, help="pulls in flight (0 = agent default)")
         if name == "check-space":
             p.add_argument("images", nargs="+")
-    health = sub.add_parser("health", help="ask the agent's unix socket for its gRPC health (exit 0 = SERVING)")
+    health = sub.add_parser("health", help="ask the agent's unix socket for its gRPC health (exit 0 = SERVING)",
+                            formatter_class=HelpFormatter)
     from pinsvc import health as health_check
     health_check.add_arguments(health, DEFAULT_ENDPOINT)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pinsvc import health as health_check
+    args = parser().parse_args(argv)
     if args.command == "health":
         code, line = health_check.run(args)
         print(line, file=sys.stderr if code else sys.stdout)

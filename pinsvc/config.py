@@ -191,10 +191,31 @@ def _convert(value: Any, kind: type, name: str) -> Any:
         raise InvalidArgument(f"setting {name}: {value!r} is not a valid {getattr(kind, '__name__', kind)}") from None
 
 
+def default_of(leaf: _Leaf) -> Any:
+    """The built-in default of a setting."""
+    value = getattr(Settings() if leaf.section is None else getattr(Settings(), leaf.section), leaf.field)
+    return getattr(value, leaf.part) if leaf.part else value
+
+
+def _shown(value: Any) -> str:
+    """A default as help shows it: byte counts also in GiB/MiB, booleans as true/false."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, tuple):
+        return ",".join(value)
+    if isinstance(value, int) and value >= 1 << 20:
+        return f"{value} = {value / GiB:g} GiB" if value % GiB == 0 else f"{value} = {value / (1 << 20):g} MiB"
+    return str(value)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Adds `--config` and one flag per setting (default None = not given)."""
+    """Adds `--config` and one flag per setting (default None = not given: the file, the
+    environment or the built-in default, which the help shows, decide)."""
     parser.add_argument("--config", type=Path, help="TOML settings file (sections as below)")
-    for section, name, kind, help, _, _ in _leaves():
+    for leaf in _leaves():
+        section, name, kind, help = leaf.section, leaf.name, leaf.kind, leaf.help
+        if (shown := _shown(default_of(leaf))) not in ("", "."):
+            help = f"{help} (default: {shown})"
         flag = "--" + (f"{section}-{name}" if section else name).replace("_", "-")
         dest = f"{section}__{name}" if section else name
         if kind is bool:

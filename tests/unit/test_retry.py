@@ -220,4 +220,4 @@ def test_pinctl_flags_fill_the_rollout_schedule(capsys):
     for flag in ("--retries", "--retry-backoff-initial-seconds", "--retry-backoff-factor",
                  "--retry-backoff-max-seconds", "--retry-backoff-jitter"):
         assert flag in text
-    assert "cap of the wait between attempts (default 30.0)" in text
+    assert "cap of the wait between attempts (default: 30.0)" in text
