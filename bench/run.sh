@@ -5,6 +5,12 @@
 # registry). Writes bench/results/results.json, bench/results/*.png and docs/benchmarks.md.
 # Needs root (CRI-O). `--quick` is a ~2 minute smoke run; see `--help`.
 set -euo pipefail
+# Root is needed: as root, or re-run through sudo when that exists.
+if [[ $EUID -ne 0 ]]; then
+  command -v sudo >/dev/null && exec sudo -- bash "$0" "$@"
+  echo "$0: needs root (CRI-O runs as root): run it as root" >&2
+  exit 1
+fi
 cd "$(dirname "$0")/.."
 
 bash scripts/install-peers.sh

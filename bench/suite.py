@@ -2,7 +2,7 @@
 and an emulation of OpenShift's daemon, on real CRI-O and a real registry, with plots and
 `docs/benchmarks.md`.
 
-    sudo bash bench/run.sh [--quick] [--runs N] [--storage-driver vfs|overlay] [--only W100,...]
+    bash bench/run.sh [--quick] [--runs N] [--storage-driver vfs|overlay] [--only W100,...]
     # = .venv/bin/python -m bench.suite ...
 
 Starts one distribution registry (storage cached in ~/.cache/pinsvc/bench/registry, so the

@@ -3,6 +3,12 @@
 # in .venv), then rolls a PinnedImageSet out with pinctl to 3 nodes (a real CRI-O and a pinsvc
 # agent each) in 2 pools. Needs root. Options: --jaeger, --keep (see --help).
 set -euo pipefail
+# Root is needed: as root, or re-run through sudo when that exists.
+if [[ $EUID -ne 0 ]]; then
+  command -v sudo >/dev/null && exec sudo -- bash "$0" "$@"
+  echo "$0: needs root (CRI-O runs as root): run it as root" >&2
+  exit 1
+fi
 cd "$(dirname "$0")/.."
 bash scripts/install-peers.sh --runtime-only
 [[ -x .venv/bin/python ]] || python3 -m venv .venv

@@ -4,6 +4,12 @@
 # (unit tests, the real-peer dev environment tests and the e2e tests against real CRI-O,
 # registry and crictl). The e2e tier needs root.
 set -euo pipefail
+# Root is needed: as root, or re-run through sudo when that exists.
+if [[ $EUID -ne 0 ]]; then
+  command -v sudo >/dev/null && exec sudo -- bash "$0" "$@"
+  echo "$0: needs root (the e2e tests run CRI-O): run it as root" >&2
+  exit 1
+fi
 cd "$(dirname "$0")/.."
 
 bash scripts/install-peers.sh
