@@ -67,6 +67,30 @@ class NodeRecord:
     status: dict | None = None  # the agent's NodeStatus as JSON
     seconds: float = 0.0
 
+    def fail(self, e: PinError, prefix: str = "") -> None:
+        """A failed call: Unavailable when the agent did not answer, else Failed, with the
+        cause and the agent's message (its status code too when the cause says no more)."""
+        self.cause = cause(e)
+        self.state = UNAVAILABLE if self.cause == AGENT_UNAVAILABLE else FAILED
+        detail = f"{e.code().name}: {e.details()}" if self.cause == PREFETCH_FAILED else e.details()
+        self.reason = prefix + detail
+
+    def observe(self, status: pb.NodeStatus, gaps: list[str]) -> None:
+        """What the agent's status says of the node, read without changing anything: Updated
+        at the desired content (no `gaps`), else Applying while the agent works, Failed
+        when it reports Degraded, Pending otherwise; the reason names the gaps."""
+        self.status = status_doc(status)
+        conditions = {c.type: c for c in status.conditions}
+        if not gaps:
+            self.state, self.reason = UPDATED, "at the desired content"
+        elif PROGRESSING in conditions and conditions[PROGRESSING].status == "True":
+            self.state, self.reason = APPLYING, "applying; " + "; ".join(gaps)
+        elif DEGRADED in conditions and conditions[DEGRADED].status == "True":
+            self.state, self.cause = FAILED, conditions[DEGRADED].reason or PREFETCH_FAILED
+            self.reason = "; ".join(gaps)
+        else:
+            self.state, self.reason = PENDING, "; ".join(gaps)
+
 
 class Record:
     """The durable rollout record: one JSON file, rewritten atomically on every change."""

@@ -29,10 +29,9 @@ from pinsvc import errors, tracing
 from pinsvc.client import connect
 from pinsvc.coordinator import content, selection
 from pinsvc.coordinator.objects import Cluster, Node, PinnedImageSet
-from pinsvc.coordinator.record import (AGENT_UNAVAILABLE, APPLYING, CHECKED, DEGRADED, FAILED, INSUFFICIENT_SPACE,
-                                       NOT_STARTED, PAUSED, PENDING, PREFETCH_FAILED, PROGRESSING,
-                                       REGISTRY_UNAVAILABLE, RUNTIME_UNAVAILABLE, SKIPPED, UNAVAILABLE, UPDATED,
-                                       WARNING, NodeRecord, Record, cause, status_doc)
+from pinsvc.coordinator.record import (AGENT_UNAVAILABLE, APPLYING, CHECKED, FAILED, INSUFFICIENT_SPACE, NOT_STARTED,
+                                       PAUSED, PENDING, PREFETCH_FAILED, REGISTRY_UNAVAILABLE, RUNTIME_UNAVAILABLE,
+                                       SKIPPED, UNAVAILABLE, UPDATED, WARNING, NodeRecord, Record, status_doc)
 from pinsvc.retry import Backoff, retry
 
 log = logging.getLogger("pinsvc.coordinator")
@@ -177,7 +176,7 @@ class Rollout:
             async with self._gate:
                 plan = await self._call(target, lambda c: c.check_space(target.images), record)
         except PinError as e:
-            _failed(record, e, "pre-flight: ")
+            record.fail(e, "pre-flight: ")
             if record.cause == INSUFFICIENT_SPACE:
                 record.fits = False
             elif record.cause not in (AGENT_UNAVAILABLE, REGISTRY_UNAVAILABLE, RUNTIME_UNAVAILABLE):
@@ -204,20 +203,9 @@ class Rollout:
                 async with self._gate:
                     status = await self._call(target, lambda c: c.status(), record)
             except PinError as e:
-                _failed(record, e)
+                record.fail(e)
                 return
-            record.status = status_doc(status)
-            gaps = content.gaps(target.specs(status), status)
-            conditions = {c.type: c for c in status.conditions}
-            if not gaps:
-                record.state, record.reason = UPDATED, "at the desired content"
-            elif conditions.get(PROGRESSING) and conditions[PROGRESSING].status == "True":
-                record.state, record.reason = APPLYING, "applying; " + "; ".join(gaps)
-            elif conditions.get(DEGRADED) and conditions[DEGRADED].status == "True":
-                record.state, record.cause = FAILED, conditions[DEGRADED].reason or PREFETCH_FAILED
-                record.reason = "; ".join(gaps)
-            else:
-                record.state, record.reason = PENDING, "; ".join(gaps)
+            record.observe(status, content.gaps(target.specs(status), status))
 
         try:
             await asyncio.gather(*(one(t) for p in self.plans for t in p.targets))
@@ -329,7 +317,7 @@ class Rollout:
             record.state, record.cause = FAILED, PREFETCH_FAILED
             record.reason = f"deadline of {self.options.node_deadline_seconds:g}s passed"
         except PinError as e:
-            _failed(record, e)
+            record.fail(e)
         record.seconds = time.monotonic() - start
         self.progress(record, None)
         self._save()
@@ -402,12 +390,3 @@ class Rollout:
             self.record.save()
             self._saved_at = now
 
-
-def _failed(record: NodeRecord, e: PinError, prefix: str = "") -> None:
-    """Records a failed call: Unavailable when the agent did not answer, else Failed, with
-    the cause (`record.cause`) and the agent's message (its status code too when the cause
-    says nothing more)."""
-    record.cause = cause(e)
-    record.state = UNAVAILABLE if record.cause == AGENT_UNAVAILABLE else FAILED
-    detail = f"{e.code().name}: {e.details()}" if record.cause == PREFETCH_FAILED else e.details()
-    record.reason = prefix + detail
