@@ -4,6 +4,12 @@
 # then the MachineConfigNode status. Installs what is missing (the Kubernetes peers: the first
 # kube-apiserver build takes ~9 minutes on 2 cores). Needs root.
 set -euo pipefail
+# Root is needed: as root, or re-run through sudo when that exists.
+if [[ $EUID -ne 0 ]]; then
+  command -v sudo >/dev/null && exec sudo -- bash "$0" "$@"
+  echo "$0: needs root (CRI-O and the API server's peers run as root): run it as root" >&2
+  exit 1
+fi
 cd "$(dirname "$0")/.."
 bash scripts/install-peers.sh --runtime-only
 bash scripts/install-kube-peers.sh
