@@ -28,7 +28,7 @@ kubeconfig), alone in its process. Measured:
   ~0, the times are disturbed.
 
     sudo .venv/bin/python -m bench.controller [--nodes 1000] [--pools 10] [--latency 1] [--max-unavailable 10]
-        [--json bench/results/controller.json]
+        [--json bench/results/controller.json] [--keep]
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import ssl
 import subprocess
@@ -216,7 +217,8 @@ def cpu_seconds(pid: int) -> float:
 def run(args) -> dict:
     procs = Processes()
     work = Path(tempfile.mkdtemp(prefix="pinsvc-bench-controller-"))
-    kube = KubeCluster(work / "kube", etcd_dir=Path(tempfile.mkdtemp(prefix="etcd-", dir="/dev/shm")),
+    etcd = Path(tempfile.mkdtemp(prefix="pinsvc-bench-etcd-", dir="/dev/shm"))
+    kube = KubeCluster(work / "kube", etcd_dir=etcd,
                        apiserver_flags=("--max-requests-inflight=800", "--max-mutating-requests-inflight=400"))
     try:
         kube.start()
@@ -281,6 +283,11 @@ def run(args) -> dict:
     finally:
         procs.stop_all()
         kube.stop()
+        shutil.rmtree(etcd, ignore_errors=True)
+        if args.keep:
+            print(f"logs kept in {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -293,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=200, help="the controller's --concurrency")
     p.add_argument("--timeout", type=float, default=300)
     p.add_argument("--json", help="write the result here")
+    p.add_argument("--keep", action="store_true", help="keep the work directory (controller, simulator logs)")
     args = p.parse_args(argv)
     result = run(args)
     print(json.dumps(result, indent=2))
