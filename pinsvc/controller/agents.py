@@ -79,7 +79,7 @@ class Agents:
 
         async def apply(client: PinClient) -> None:
             final.clear()
-            async for event in client.apply(target.specs(), parallelism=self.options.parallelism):
+            async for event in client.apply(target.specs(status), parallelism=self.options.parallelism):
                 if event.WhichOneof("event") == "status":
                     final.append(event.status)
 
