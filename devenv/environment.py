@@ -61,12 +61,14 @@ class Environment:
     """The peers of the demo under `root`, one node per entry of `nodes` (name -> roles)."""
 
     def __init__(self, root: Path, nodes: dict[str, tuple[str, ...]], *, jaeger: bool = False,
-                 agent_flags: Callable[[str], dict[str, str]] = lambda name: {}):
+                 agent_flags: Callable[[str], dict[str, str]] = lambda name: {},
+                 jaeger_ui: Path | None = None):
+        """`jaeger_ui`: a built Jaeger UI for Jaeger to serve (see `devenv.jaeger.Jaeger`)."""
         self.root = Path(root).resolve()
         self.agent_flags = agent_flags  # node name -> extra `pinsvc agent` flags
         self.layout = dict(nodes)
         self.registry = Registry(self.root / "registry")
-        self.jaeger = Jaeger(self.root / "jaeger") if jaeger else None
+        self.jaeger = Jaeger(self.root / "jaeger", ui_assets=jaeger_ui) if jaeger else None
         self.nodes: dict[str, Node] = {}
         self.images: dict[str, str] = {}  # sample image name -> digest reference
         self.image_bytes = 0
