@@ -29,12 +29,13 @@ fi
 # `go install pkg@version` is refused here: the proxy does not serve the module's version list,
 # which go install reads for deprecation notices. Downloading the exact module version and
 # building inside it (with its own go.mod/go.sum) needs only that version.
-go_build() { # module version package output [tags]; GO_BUILD_CGO=0 go_build ... builds without cgo
-  local dir
+go_build() { # module version package output [tags]; GO_BUILD_CGO=0 go_build ... builds without cgo,
+  local dir   # GO_BUILD_LDFLAGS=... go_build ... links with those flags (a version stamp)
   dir=$(go mod download -json "$1@$2" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
   [[ -n $dir ]] || { log "cannot download $1@$2"; exit 1; }
   log "building $3 from $1@$2 (CRI-O takes ~2 min on 2 cores with an empty build cache)"
-  GOFLAGS=-mod=mod CGO_ENABLED=${GO_BUILD_CGO:-1} go build -C "$dir" -trimpath -tags "${5:-}" -o "$4.part" "$3"
+  GOFLAGS=-mod=mod CGO_ENABLED=${GO_BUILD_CGO:-1} go build -C "$dir" -trimpath -tags "${5:-}" \
+    -ldflags "${GO_BUILD_LDFLAGS:-}" -o "$4.part" "$3"
   mv "$4.part" "$4"
 }
 
@@ -80,6 +81,28 @@ ln -sf "kubeconform-$KUBECONFORM_VERSION" "$BIN/kubeconform"
 
 # The controller's tests and benchmark: etcd, kube-apiserver, kubectl and OpenShift's CRDs.
 bash "$(dirname "$0")/install-kube-peers.sh"
+
+# helm lints and renders the chart (deploy/helm/pinsvc) in the tests. ~3 min on 2 cores with
+# an empty build cache. The version stamp is what the Makefile of the release sets.
+HELM_VERSION=${HELM_VERSION:-v4.3.2}
+[[ -x $BIN/helm-$HELM_VERSION ]] || GO_BUILD_CGO=0 \
+  GO_BUILD_LDFLAGS="-s -w -X helm.sh/helm/v4/internal/version.version=$HELM_VERSION" \
+  go_build helm.sh/helm/v4 "$HELM_VERSION" ./cmd/helm "$BIN/helm-$HELM_VERSION"
+ln -sf "helm-$HELM_VERSION" "$BIN/helm"
+
+# The container image (scripts/build-image.sh, tests/packaging/test_image_run.py): buildah
+# builds it from the Dockerfile without a daemon, podman runs it, skopeo copies
+# it to a registry, mmdebstrap makes the local Debian 12 base image. Debian's packages; runc
+# because crun 1.8 refuses hybrid cgroup hosts (cgroup v1 plus a cgroup2 mount with a controller).
+need_apt=()
+for pkg in buildah podman skopeo mmdebstrap uidmap runc; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need_apt+=("$pkg")
+done
+if ((${#need_apt[@]})); then
+  log "apt-get install ${need_apt[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
 fi
 
 # pinns must exist for CRI-O to start; it is never run for image work.

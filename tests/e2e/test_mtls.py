@@ -1,6 +1,6 @@
 """The agent's TCP listener requires mutual TLS; the unix socket is private (mode, group).
 
-Certificates are made here with `cryptography`: a CA, a server certificate for
+Certificates are made with `cryptography` (tests/pki.py): a CA, a server certificate for
 127.0.0.1/localhost, a good client certificate, one signed by another CA, an expired one,
 and a server certificate that names only the node (reached by IP with --tls-server-name).
 """
@@ -8,77 +8,21 @@ and a server certificate that names only the node (reached by IP with --tls-serv
 from __future__ import annotations
 
 import asyncio
-import datetime
 import grp
-import ipaddress
 import stat
 import subprocess
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 import pytest
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
 from pinsvc_client import SetSpec, TlsFiles, connect, pb, pb_grpc
 from tests.e2e.helpers import free_port
-
-NOW = datetime.datetime.now(datetime.timezone.utc)
-DAY = datetime.timedelta(days=1)
+from tests.pki import DAY, NOW, Issued, issue
 
 
 # ---- a small PKI --------------------------------------------------------------------------
-
-@dataclass
-class Issued:
-    cert: Path
-    key: Path
-    certificate: x509.Certificate
-    private_key: ec.EllipticCurvePrivateKey
-
-
-def _issue(out: Path, name: str, *, issuer: Issued | None = None, ca: bool = False, server: bool = False,
-           dns: tuple[str, ...] = (), ips: tuple[str, ...] = (),
-           not_before: datetime.datetime = NOW - DAY, not_after: datetime.datetime = NOW + 30 * DAY) -> Issued:
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    builder = (x509.CertificateBuilder()
-               .subject_name(subject)
-               .issuer_name(issuer.certificate.subject if issuer else subject)
-               .public_key(key.public_key())
-               .serial_number(x509.random_serial_number())
-               .not_valid_before(not_before)
-               .not_valid_after(not_after)
-               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-               .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False))
-    if ca:
-        builder = builder.add_extension(x509.KeyUsage(
-            digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
-            key_encipherment=False, data_encipherment=False, key_agreement=False, encipher_only=False,
-            decipher_only=False), critical=True)
-    else:
-        builder = builder.add_extension(x509.ExtendedKeyUsage(
-            [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-    if issuer:
-        builder = builder.add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-            issuer.private_key.public_key()), critical=False)
-    if dns or ips:
-        builder = builder.add_extension(x509.SubjectAlternativeName(
-            [x509.DNSName(d) for d in dns] + [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]), critical=False)
-    certificate = builder.sign(issuer.private_key if issuer else key, hashes.SHA256())
-    out.mkdir(parents=True, exist_ok=True)
-    cert_path, key_path = out / f"{name}.crt", out / f"{name}.key"
-    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    key_path.chmod(0o600)
-    return Issued(cert_path, key_path, certificate, key)
-
 
 @dataclass
 class Pki:
@@ -102,15 +46,15 @@ class Pki:
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory) -> Pki:
     out = tmp_path_factory.mktemp("pki")
-    ca = _issue(out, "pinsvc-ca", ca=True)
-    other_ca = _issue(out / "other", "other-ca", ca=True)
+    ca = issue(out, "pinsvc-ca", ca=True)
+    other_ca = issue(out / "other", "other-ca", ca=True)
     return Pki(
         ca=ca,
-        server=_issue(out, "agent", issuer=ca, server=True, dns=("localhost",), ips=("127.0.0.1",)),
-        node_server=_issue(out, "node-a", issuer=ca, server=True, dns=("node-a.pinsvc.test",)),
-        client=_issue(out, "pinctl", issuer=ca),
-        other_ca_client=_issue(out / "other", "pinctl", issuer=other_ca),
-        expired_client=_issue(out, "pinctl-expired", issuer=ca, not_before=NOW - 30 * DAY, not_after=NOW - DAY),
+        server=issue(out, "agent", issuer=ca, server=True, dns=("localhost",), ips=("127.0.0.1",)),
+        node_server=issue(out, "node-a", issuer=ca, server=True, dns=("node-a.pinsvc.test",)),
+        client=issue(out, "pinctl", issuer=ca),
+        other_ca_client=issue(out / "other", "pinctl", issuer=other_ca),
+        expired_client=issue(out, "pinctl-expired", issuer=ca, not_before=NOW - 30 * DAY, not_after=NOW - DAY),
     )
 
 

@@ -163,6 +163,10 @@ def test_every_host_path_the_agent_uses_is_mounted():
     assert host_path(s.registry.pull_secret) == "/var/lib/kubelet/config.json"
     assert mount_of(s.registry.pull_secret).get("readOnly") is True
     assert host_path(s.state_dir) == "/var/lib/pinsvc"
+    # the space check statvfs()es the image filesystem CRI-O's ImageFsInfo names (its
+    # graphroot's overlay-images); without it every Apply fails (tests/packaging/test_image_run.py)
+    store = Path("/var/lib/containers/storage/overlay-images")
+    assert host_path(store) == str(store) and mount_of(store).get("readOnly") is True
     assert host_path(s.server.socket) == "/run/pinsvc/pinsvc.sock"
     for tls in (s.server.tls_cert, s.server.tls_key, s.server.tls_client_ca):
         assert volumes[mount_of(Path(tls))["name"]]["secret"]["secretName"] == "pinsvc-agent-tls"
