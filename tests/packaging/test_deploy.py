@@ -31,11 +31,11 @@ import yaml
 from devenv.paths import bin_path
 from pinsvc import config
 from pinsvc.coordinator.cli import parser as pinctl_parser
+from tests.packaging.conftest import K8S_VERSION
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = sorted((ROOT / "deploy" / "kubernetes").glob("*.yaml"))
 UNIT = ROOT / "deploy" / "systemd" / "pinsvc-agent.service"
-K8S_VERSION = "1.37.0"
 PINSVC = Path(sys.executable).parent / "pinsvc"
 
 
@@ -50,23 +50,6 @@ def find(kind: str, name: str) -> dict:
 
 
 # --- schema validation -------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def schemas(tmp_path_factory) -> str:
-    """kubernetes-validate's schemas in the layout kubeconform reads. Its files refer to
-    their shared definitions by the absolute `/api/_definitions.json` under an
-    https://kubernetes.io/ `$id`, which a local file cannot resolve: the copy drops `$id`
-    and makes the reference relative. Nothing else changes."""
-    source = Path(kubernetes_validate.__file__).parent / "kubernetes-json-schema" / f"v{K8S_VERSION}-local-strict"
-    target = tmp_path_factory.mktemp("schemas") / f"v{K8S_VERSION}-local-strict"
-    target.mkdir()
-    for path in source.glob("*.json"):
-        schema = json.loads(path.read_text())
-        schema.pop("$id", None)
-        text = json.dumps(schema).replace('"/api/_definitions.json#', '"_definitions.json#')
-        (target / path.name).write_text(text)
-    return str(target.parent) + "/{{.NormalizedKubernetesVersion}}-local{{.StrictSuffix}}/{{.ResourceKind}}{{.KindSuffix}}.json"
-
 
 def kubeconform(schemas: str, *files: Path) -> subprocess.CompletedProcess:
     return subprocess.run([str(bin_path("kubeconform")), "-strict", "-summary", "-output", "json",
@@ -104,8 +87,9 @@ def test_manifests_pass_kubernetes_validate_strict():
 
 # --- the agent DaemonSet -----------------------------------------------------------------
 
-def agent_container() -> dict:
-    return find("DaemonSet", "pinsvc-agent")["spec"]["template"]["spec"]["containers"][0]
+def agent_container(daemonset: dict | None = None) -> dict:
+    """The agent container of `daemonset` (default: deploy/kubernetes/agent.yaml's)."""
+    return (daemonset or find("DaemonSet", "pinsvc-agent"))["spec"]["template"]["spec"]["containers"][0]
 
 
 def expand(arg: str) -> str:
@@ -113,12 +97,37 @@ def expand(arg: str) -> str:
     return arg.replace("$(NODE_NAME)", "node-a").replace("$(HOST_IP)", "10.0.0.5")
 
 
-def agent_settings() -> config.Settings:
-    container = agent_container()
+def agent_settings(daemonset: dict | None = None) -> config.Settings:
+    """The agent's settings from the DaemonSet's arguments, parsed by the agent's own parser."""
+    container = agent_container(daemonset)
     assert container["command"] == ["pinsvc", "agent"]
     p = argparse.ArgumentParser()
     config.add_arguments(p)
     return config.load(p.parse_args([expand(a) for a in container["args"]]), env={})
+
+
+class HostPaths:
+    """Where a path of the DaemonSet's agent container is, through its volume mounts."""
+
+    def __init__(self, daemonset: dict) -> None:
+        self.pod = daemonset["spec"]["template"]["spec"]
+        self.mounts = {m["mountPath"]: m for m in agent_container(daemonset)["volumeMounts"]}
+        self.volumes = {v["name"]: v for v in self.pod["volumes"]}
+
+    def mount_of(self, path: Path | str) -> dict:
+        path = Path(path)
+        best = max((m for m in self.mounts if path == Path(m) or Path(m) in path.parents), key=len, default=None)
+        assert best, f"{path} is not on any volume mount"
+        return self.mounts[best]
+
+    def volume_of(self, path: Path | str) -> dict:
+        return self.volumes[self.mount_of(path)["name"]]
+
+    def host_path(self, path: Path | str) -> str:
+        """Where `path` in the container is on the host."""
+        mount, volume = self.mount_of(path), self.volume_of(path)
+        assert "hostPath" in volume, f"{path} is not on a hostPath volume"
+        return str(Path(volume["hostPath"]["path"]) / Path(path).relative_to(mount["mountPath"]))
 
 
 def test_agent_flags_exist_and_mean_what_the_readme_says():
@@ -136,43 +145,28 @@ def test_agent_flags_exist_and_mean_what_the_readme_says():
 
 def test_every_host_path_the_agent_uses_is_mounted():
     s = agent_settings()
-    container = agent_container()
-    pod = find("DaemonSet", "pinsvc-agent")["spec"]["template"]["spec"]
-    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
-    volumes = {v["name"]: v for v in pod["volumes"]}
-
-    def mount_of(path: Path) -> dict:
-        best = max((m for m in mounts if path == Path(m) or Path(m) in path.parents), key=len, default=None)
-        assert best, f"{path} is not on any volume mount"
-        return mounts[best]
-
-    def host_path(path: Path) -> str:
-        """Where `path` in the container is on the host."""
-        mount = mount_of(path)
-        volume = volumes[mount["name"]]
-        assert "hostPath" in volume, f"{path} is not on a hostPath volume"
-        return str(Path(volume["hostPath"]["path"]) / path.relative_to(mount["mountPath"]))
-
+    daemonset = find("DaemonSet", "pinsvc-agent")
+    paths = HostPaths(daemonset)
     cri_socket = Path(s.cri_endpoint.removeprefix("unix://"))
-    assert host_path(cri_socket) == "/var/run/crio/crio.sock"
+    assert paths.host_path(cri_socket) == "/var/run/crio/crio.sock"
     # its directory is mounted, not the socket file: a restarted CRI-O makes a new socket there
-    assert volumes[mount_of(cri_socket)["name"]]["hostPath"]["type"] == "Directory"
+    assert paths.volume_of(cri_socket)["hostPath"]["type"] == "Directory"
     # the temp file and the drop-in must be on ONE mount, or the rename fails (EXDEV)
-    assert mount_of(s.dropin_temp_dir) is mount_of(s.dropin_path)
-    assert host_path(s.dropin_path) == "/etc/crio/crio.conf.d/50-pinned-images"
-    assert host_path(s.registry.pull_secret) == "/var/lib/kubelet/config.json"
-    assert mount_of(s.registry.pull_secret).get("readOnly") is True
-    assert host_path(s.state_dir) == "/var/lib/pinsvc"
+    assert paths.mount_of(s.dropin_temp_dir) is paths.mount_of(s.dropin_path)
+    assert paths.host_path(s.dropin_path) == "/etc/crio/crio.conf.d/50-pinned-images"
+    assert paths.host_path(s.registry.pull_secret) == "/var/lib/kubelet/config.json"
+    assert paths.mount_of(s.registry.pull_secret).get("readOnly") is True
+    assert paths.host_path(s.state_dir) == "/var/lib/pinsvc"
     # the space check statvfs()es the image filesystem CRI-O's ImageFsInfo names (its
     # graphroot's overlay-images); without it every Apply fails (tests/packaging/test_image_run.py)
-    store = Path("/var/lib/containers/storage/overlay-images")
-    assert host_path(store) == str(store) and mount_of(store).get("readOnly") is True
-    assert host_path(s.server.socket) == "/run/pinsvc/pinsvc.sock"
+    store = "/var/lib/containers/storage/overlay-images"
+    assert paths.host_path(store) == store and paths.mount_of(store).get("readOnly") is True
+    assert paths.host_path(s.server.socket) == "/run/pinsvc/pinsvc.sock"
     for tls in (s.server.tls_cert, s.server.tls_key, s.server.tls_client_ca):
-        assert volumes[mount_of(Path(tls))["name"]]["secret"]["secretName"] == "pinsvc-agent-tls"
-    assert {t["key"] for t in pod["tolerations"]} == {"node-role.kubernetes.io/control-plane",
-                                                     "node-role.kubernetes.io/master"}
-    assert set(container["resources"]) == {"requests", "limits"}
+        assert paths.volume_of(tls)["secret"]["secretName"] == "pinsvc-agent-tls"
+    assert {t["key"] for t in paths.pod["tolerations"]} == {"node-role.kubernetes.io/control-plane",
+                                                           "node-role.kubernetes.io/master"}
+    assert set(agent_container()["resources"]) == {"requests", "limits"}
 
 
 @pytest.fixture
