@@ -7,15 +7,16 @@
 #   options: --tag NAME (default localhost/pinsvc:0.1.0)
 #
 # `--base debian` makes localhost/pinsvc-base:bookworm from Debian's packages (python3 3.11,
-# python3-pip, passwd; no documentation) with mmdebstrap and the Debian mirror, once: it is
-# rebuilt only when the recipe below changes or with --refresh-base. The image's layers are
-# cached in the containers storage (/var/lib/containers/storage): an unchanged tree rebuilds
-# in seconds, a change under pinsvc/ reruns only the builder's last step and the venv copy.
+# python3-pip, libstdc++6 for grpcio, passwd; no documentation) with mmdebstrap and the Debian
+# mirror, once: it is rebuilt only when the recipe below changes or with --refresh-base. The
+# image's layers are cached in the containers storage (/var/lib/containers/storage): an
+# unchanged tree rebuilds in seconds, a change under pinsvc/ reruns only the builder's last
+# step and the venv copy.
 # PyPI is reached only when requirements/image.txt changes. When PIP_CERT names a CA bundle
 # (PyPI behind a TLS-inspecting proxy), the builder's pip gets it.
 #
-# Prints the image id, its size and its layer count last. Needs buildah (and mmdebstrap for
-# --base debian): bash scripts/install-peers.sh installs both.
+# Logs the image's size and layer count, prints its id. Needs buildah, podman and runc (and
+# mmdebstrap for --base debian): bash scripts/install-peers.sh installs them.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 
@@ -27,13 +28,13 @@ while (($#)); do
     --base) base=${2:?--base needs a value}; shift 2 ;;
     --tag) tag=${2:?--tag needs a value}; shift 2 ;;
     --refresh-base) refresh_base=1; shift ;;
-    -h|--help) sed -n '2,19s/^# \{0,1\}//p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^set /s/^# \{0,1\}//p' "$0"; exit 0 ;;
     *) printf 'build-image.sh: unknown argument %q (see --help)\n' "$1" >&2; exit 2 ;;
   esac
 done
 
 log() { printf '[build-image] %s\n' "$*" >&2; }
-for tool in buildah runc $([[ $base == debian ]] && echo mmdebstrap podman); do
+for tool in buildah podman runc $([[ $base == debian ]] && echo mmdebstrap); do
   command -v "$tool" >/dev/null || { log "$tool is missing: run bash scripts/install-peers.sh"; exit 1; }
 done
 
@@ -42,7 +43,8 @@ BASE_TAG=localhost/pinsvc-base:bookworm
 BASE_PACKAGES=python3,python3-pip,libstdc++6,passwd,ca-certificates
 # No manual pages, documentation (copyright files stay) or translations: the slim images'
 # choice. apt's lists and caches are removed by mmdebstrap itself.
-BASE_OPTIONS=(--variant=essential --include="$BASE_PACKAGES" --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr --aptopt='APT::Install-Recommends "false"'
+BASE_OPTIONS=(--variant=essential --include="$BASE_PACKAGES" --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr
+  --aptopt='APT::Install-Recommends "false"'
   --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/doc/*'
   --dpkgopt='path-include=/usr/share/doc/*/copyright' --dpkgopt='path-exclude=/usr/share/locale/*'
   --dpkgopt='path-exclude=/usr/share/info/*' --skip=output/dev --format=tar)
