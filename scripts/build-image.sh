@@ -18,6 +18,12 @@
 # Logs the image's size and layer count, prints its id. Needs buildah, podman and runc (and
 # mmdebstrap for --base debian): bash scripts/install-peers.sh installs them.
 set -euo pipefail
+# Root is needed: as root, or re-run through sudo when that exists.
+if [[ $EUID -ne 0 ]]; then
+  command -v sudo >/dev/null && exec sudo -- bash "$0" "$@"
+  echo "$0: needs root (buildah builds as root): run it as root" >&2
+  exit 1
+fi
 root=$(cd "$(dirname "$0")/.." && pwd)
 
 base=python:3.11-slim

@@ -9,6 +9,12 @@
 # Builds the UI in that checkout with npm unless packages/jaeger-ui/build is there (~4 min on
 # 2 cores), installs Debian's chromium when missing, then runs `python -m devenv.screenshot`.
 set -euo pipefail
+# Root is needed: as root, or re-run through sudo when that exists.
+if [[ $EUID -ne 0 ]]; then
+  command -v sudo >/dev/null && exec sudo -- bash "$0" "$@"
+  echo "$0: needs root (CRI-O runs as root): run it as root" >&2
+  exit 1
+fi
 ui=$(realpath "${1:?usage: jaeger-screenshot.sh JAEGER_UI_CHECKOUT [OUT.png]}")
 out=$(realpath -m "${2:-$(dirname "$0")/../docs/jaeger-rollout.png}")
 cd "$(dirname "$0")/.."

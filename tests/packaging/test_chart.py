@@ -2,8 +2,9 @@
 
 - `helm lint --strict` with the default values and with non-default ones; values.schema.json
   and the templates refuse bad values with a message naming them;
-- `helm template` with the default values renders exactly what deploy/kubernetes/ holds
-  (agent.yaml, coordinator.yaml, controller.yaml; the CRDs of crds/ only when asked);
+- `helm template` with the default values renders exactly deploy/kubernetes/agent.yaml and
+  controller.yaml, with the coordinator enabled coordinator.yaml too (the CRDs of crds/ only
+  when asked);
 - with non-default values (socket, drop-in directory, reload strategy, pull secret, port,
   metrics, tracing, image digest, namespace, labels, parts off) the agent's arguments mean
   them to the agent's own parser, every host path they name is mounted, and the
@@ -121,9 +122,15 @@ def test_bad_values_are_refused_by_name(helm, setting, message):
     assert done.returncode == 1 and message in done.stderr, done.stderr
 
 
-def test_default_values_render_exactly_deploy_kubernetes(helm):
-    rendered = by_key(render(helm))
-    expected = by_key(deploy_documents("agent.yaml", "coordinator.yaml", "controller.yaml"))
+@pytest.mark.parametrize("args,files", [
+    ((), ("agent.yaml", "controller.yaml")),
+    (("--set", "coordinator.enabled=true"), ("agent.yaml", "controller.yaml", "coordinator.yaml")),
+    (("--set", "coordinator.enabled=true", "--set", "controller.enabled=false"), ("agent.yaml", "coordinator.yaml")),
+])
+def test_renders_exactly_deploy_kubernetes(helm, args, files):
+    """By default the agent and the controller; the coordinator, its alternative, when enabled."""
+    rendered = by_key(render(helm, *args))
+    expected = by_key(deploy_documents(*files))
     assert sorted(rendered) == sorted(expected)
     for k, document in expected.items():
         assert rendered[k] == document, k
@@ -182,7 +189,8 @@ def test_non_default_values_mean_what_they_say(helm, values_file):
 
 
 def test_coordinator_follows_the_agent_port_and_names(helm):
-    objects = by_key(render(helm, "--set", "agent.port=9555", "--set", "tls.serverName=agents.example"))
+    objects = by_key(render(helm, "--set", "coordinator.enabled=true", "--set", "agent.port=9555",
+                            "--set", "tls.serverName=agents.example"))
     for kind, name in (("CronJob", "pinsvc-rollout"), ("Job", "pinsvc-rollout-once")):
         spec = objects[kind, "pinsvc", name]["spec"]
         pod = (spec["jobTemplate"]["spec"] if kind == "CronJob" else spec)["template"]["spec"]
@@ -234,7 +242,8 @@ def test_install_upgrade_and_uninstall(helm, kube, values_file):
     the agent's change), an uninstall. The CRDs exist already here (the API server's
     fixture installed them), so the upgrade leaves them out: Helm refuses to adopt them."""
     config = ["--kubeconfig", str(kube.kubeconfig)]
-    helm("install", "pinsvc", str(CHART), "--namespace", "default", "--set", "namespace.name=pinsvc-helm", *config)
+    helm("install", "pinsvc", str(CHART), "--namespace", "default", "--set", "namespace.name=pinsvc-helm",
+         "--set", "coordinator.enabled=true", *config)
     daemonset = kube.get("daemonset", "-n", "pinsvc-helm", "pinsvc-agent")
     assert daemonset["spec"]["template"]["spec"]["containers"][0]["image"] == "pinsvc:0.1.0"
     assert kube.get("namespace", "pinsvc-helm")["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"

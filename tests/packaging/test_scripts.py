@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPTS = ["scripts/demo.sh", "scripts/demo-controller.sh", "scripts/test.sh", "bench/run.sh"]
+SCRIPTS = ["scripts/demo.sh", "scripts/demo-controller.sh", "scripts/test.sh", "bench/run.sh",
+           "scripts/build-image.sh", "scripts/jaeger-screenshot.sh"]
 NOBODY = 65534
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
