@@ -15,12 +15,11 @@ from pathlib import Path
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from pinsvc_client import pb, pb_grpc
 from pinsvc_client.errors import DETAILS_KEY, DOMAIN
 
 from pinsvc import errors, limits, tracing
-from pinsvc.api import convert
+from pinsvc.api import convert, reflection
 from pinsvc.api.guard import MalformedRequestInterceptor
 from pinsvc.config import Settings
 from pinsvc.core.agent import Agent
@@ -206,9 +205,7 @@ async def serve(settings: Settings, *, ready: Callable[[], None] | None = None,
     pb_grpc.add_PinServiceServicer_to_server(PinServicer(agent), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (pb.DESCRIPTOR.services_by_name["PinService"].full_name, health.SERVICE_NAME,
-         reflection.SERVICE_NAME), server)
+    reflection.enable(server, (pb.DESCRIPTOR.services_by_name["PinService"].full_name, health.SERVICE_NAME))
     sock = settings.server.socket
     mode = int(settings.server.socket_mode, 8)
     if str(sock) not in ("", "."):
