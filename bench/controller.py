@@ -234,7 +234,8 @@ def run(args) -> dict:
         print(f"{args.nodes} Nodes and {args.pools} pools created in {time.monotonic() - t:.1f}s", flush=True)
         log = (work / "controller.log").open("w")
         controller = procs.start([sys.executable, "-m", "pinsvc.controller.cli", "--kubeconfig", str(kube.kubeconfig),
-                                  "--lease-namespace", "default", "--concurrency", str(args.concurrency)],
+                                  "--lease-namespace", "default", "--concurrency", str(args.concurrency),
+                                  "--insecure"],  # the simulated agents: TCP plaintext
                                  stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
         while "caches synced" not in (work / "controller.log").read_text():

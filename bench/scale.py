@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import hashlib
 import importlib.util
 import json
@@ -289,7 +290,7 @@ def coordinator_command(args: argparse.Namespace, driver: str, cluster: Path, en
         common += ["--max-parallel", str(args.max_parallel)]
     if driver == "pinctl":
         return prefix + ["-m", "pinsvc.coordinator.cli", "rollout", "-f", str(cluster), *common,
-                         "-o", "json", "--record-dir", str(out_record)]
+                         "-o", "json", "--record-dir", str(out_record), "--insecure"]  # simulators: TCP plaintext
     return prefix + [str(Path(__file__).resolve()), "--coordinator", "--cluster", str(cluster), *common,
                      "--record-dir", str(out_record)]
 
@@ -563,14 +564,14 @@ def coordinator_main(args: argparse.Namespace) -> int:
     MachineConfigNode / MachineConfigPool documents (the same shape as pinctl -o json)."""
     from pinsvc.client import connect
     from pinsvc.coordinator import loader, selection
-    from pinsvc.coordinator.record import UPDATED, Record
-    from pinsvc.coordinator.rollout import Options, Rollout, plan_rollout, rollout_id
+    from pinsvc.coordinator.record import UPDATED, Record, rollout_id
+    from pinsvc.coordinator.rollout import Options, Rollout, plan_rollout
 
     cluster = loader.load([args.cluster])
     plans = plan_rollout(cluster, endpoints=selection.load_endpoint_map(args.endpoints))
     record = Record(Path(args.record_dir) / f"rollout-{rollout_id(plans)}.json")
     rollout = Rollout(plans, Options(max_parallel=args.max_parallel, concurrency=args.concurrency),
-                      record=record, connect=connect)
+                      record=record, connect=functools.partial(connect, insecure=True))  # simulators: TCP plaintext
     asyncio.run(rollout.run())
     items = []
     for plan in plans:

@@ -27,7 +27,7 @@ class AgentProcess:
 
     def __init__(self, workdir: Path, crio: Crio, registry: Registry, **overrides: str | bool | None):
         self.workdir = workdir
-        self.socket = workdir / "agent.sock"
+        self.socket = Path(str(overrides.get("server-socket") or workdir / "agent.sock"))
         self.log_path = workdir / "agent.log"
         self.flags = {
             "node-name": "e2e-node",

@@ -21,7 +21,7 @@ import signal
 import sys
 
 from pinsvc import errors, tracing
-from pinsvc.client import add_tls_arguments, connect, tls_from_args
+from pinsvc.client import add_tls_arguments, connect, insecure_from_args, tls_from_args
 from pinsvc.coordinator import selection
 from pinsvc.coordinator.rollout import DEFAULT_PORT, Options
 from pinsvc.retry import Backoff
@@ -83,7 +83,7 @@ def settings_from(args: argparse.Namespace):
                     leadership=leadership)
 
 
-async def run(settings, tls) -> None:
+async def run(settings, tls, insecure: bool = False) -> None:
     try:
         from pinsvc.controller import kubeapi, leader
         from pinsvc.controller.reconciler import Reconciler
@@ -94,7 +94,7 @@ async def run(settings, tls) -> None:
     lease_api = await kubeapi.connect(settings.kubeconfig, settings.context)
     kube = kubeapi.Kube(api)
     identity = settings.leadership.resolved_identity()
-    agents = functools.partial(connect, tls=tls)
+    agents = functools.partial(connect, tls=tls, insecure=insecure)
     main = asyncio.current_task()
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, main.cancel)
@@ -112,9 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        settings, tls = settings_from(args), tls_from_args(args)
+        settings, tls, insecure = settings_from(args), tls_from_args(args), insecure_from_args(args)
         with tracing.configured("pinsvc-controller", args.otlp_endpoint):
-            asyncio.run(run(settings, tls))
+            asyncio.run(run(settings, tls, insecure))
     except errors.InvalidArgument as e:
         print("pinsvc-controller: invalid input:\n  " + "\n  ".join(e.problems), file=sys.stderr)
         return 2

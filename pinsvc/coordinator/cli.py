@@ -8,6 +8,7 @@ Examples:
   pinctl node status --endpoint unix:///run/pinsvc/pinsvc.sock
   pinctl node apply --endpoint 10.0.0.5:9440 -f sets.yaml
   pinctl node check-space --endpoint ... IMAGE...
+  pinctl node apply --endpoint ... --prune-all      # unpin everything (says what first)
 
 cluster.yaml holds PinnedImageSet, MachineConfigPool and Node objects as `oc get -o yaml`
 prints them (several files, `-` for stdin, multi-document streams and `kind: List` all work);
@@ -16,11 +17,13 @@ The agent of a node is found through --endpoints (a YAML map node -> endpoint), 
 `pinsvc.io/agent-endpoint` annotation, or its InternalIP and --port. Agents on TCP require
 mutual TLS: give --tls-cert, --tls-key and --tls-ca (and --tls-server-name when the agents'
 certificates do not name the address you reach them by).
+
+Output: documents in YAML (-o json for JSON), plan a summary unless -o is given. Exit codes:
+0 done and healthy, 1 degraded or failed (the reason on stderr), 2 bad flags or input.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import dataclasses
 import functools
@@ -31,15 +34,14 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
-from pinsvc_client import PinError, to_dict
+from pinsvc_client import PinError
 
-from pinsvc import errors, tracing
-from pinsvc.client import add_tls_arguments, connect, tls_from_args
-from pinsvc.console import HelpFormatter
-from pinsvc.coordinator import content, loader, report, selection
-from pinsvc.coordinator.record import APPLYING, FAILED, UNAVAILABLE, UPDATED, WARNING, NodeRecord, Record, status_doc
-from pinsvc.coordinator.rollout import DEFAULT_PORT, Options, Rollout, plan_rollout, rollout_id
-from pinsvc.progress import ApplyProgress
+from pinsvc import console, errors, tracing
+from pinsvc.client import add_tls_arguments, connect, explain, insecure_from_args, tls_from_args
+from pinsvc.coordinator import direct, loader, report, selection
+from pinsvc.coordinator.record import (APPLYING, FAILED, UNAVAILABLE, UPDATED, WARNING, NodeRecord, Record,
+                                      rollout_id)
+from pinsvc.coordinator.rollout import DEFAULT_PORT, Options, Rollout, plan_rollout
 from pinsvc.retry import Backoff
 
 _DONE = (UPDATED, FAILED, UNAVAILABLE, "Skipped", "NotStarted", "Paused")
@@ -105,7 +107,7 @@ def _options(args) -> Options:
                    abort_after=getattr(args, "abort_after", 1),
                    node_deadline_seconds=getattr(args, "node_deadline", 3600.0),
                    backoff=_backoff(args), concurrency=args.concurrency,
-                   parallelism=getattr(args, "parallelism", 0))
+                   parallelism=getattr(args, "parallelism", 0), prune_all=getattr(args, "prune_all", False))
 
 
 # Backoff field -> the flag that sets it (`rollout` only; other commands keep the defaults).
@@ -126,8 +128,9 @@ def _backoff(args) -> Backoff:
 
 
 def _connect(args):
-    """(endpoint, node) -> PinClient, with the --tls-* files (read once, here) for TCP agents."""
-    return functools.partial(connect, tls=tls_from_args(args))
+    """(endpoint, node) -> PinClient, with the --tls-* files (read once, here) for TCP agents,
+    or --insecure."""
+    return functools.partial(connect, tls=tls_from_args(args), insecure=insecure_from_args(args))
 
 
 def _record_path(args, plans) -> Path:
@@ -167,21 +170,28 @@ async def _plan(args) -> int:
     _, plans = _load(args)
     rollout = Rollout(plans, _options(args), connect=_connect(args))
     await rollout.preflight()
+    failing = [r for r in rollout.record.nodes.values() if r.state in (FAILED, UNAVAILABLE, WARNING)]
     if args.output:
-        print(report.render({"pools": [{"name": p.name, "nodes": [
-            {k: v for k, v in vars(rollout.record.node(t)).items() if k != "status"} for t in p.targets]}
-            for p in plans]}, args.output))
+        print(console.render({"pools": [{"name": p.name, "nodes": [
+            {console.camel(k): v for k, v in vars(rollout.record.node(t)).items() if k != "status"}
+            for t in p.targets]} for p in plans]}, args.output))
+        if failing:
+            print("pinctl: " + "\n  ".join([f"{len(failing)} nodes would fail or cannot be checked:",
+                                            *map(_line, failing)]), file=sys.stderr)
     else:
         print(_summary(rollout, plans))
-    return 1 if any(r.state in (FAILED, UNAVAILABLE, WARNING) for r in rollout.record.nodes.values()) else 0
+    return console.FAILED if failing else console.OK
 
 
 async def _rollout(args) -> int:
-    _, plans = _load(args)
+    cluster, plans = _load(args)
+    if not cluster.sets and not args.prune_all:
+        raise errors.InvalidArgument(direct.no_sets(args.file or ["the API server"], cluster.notes,
+                                                    "of every node of the pools"))
     path = _record_path(args, plans)
     rollout = Rollout(plans, _options(args), record=Record(path), connect=_connect(args))
-    console = Console(stderr=True)
-    with RolloutProgress(console, plans) as progress:
+    terminal = Console(stderr=True)
+    with RolloutProgress(terminal, plans) as progress:
         rollout.progress = progress
         try:
             await rollout.run()
@@ -190,9 +200,9 @@ async def _rollout(args) -> int:
             raise
     print(_summary(rollout, plans), file=sys.stderr)
     doc, bad = _documents(rollout, plans)
-    print(report.render(doc, args.output or "yaml"))
+    print(console.render(doc, args.output or "yaml"))
     print(f"record: {path}", file=sys.stderr)
-    return 1 if bad else 0
+    return console.FAILED if bad else console.OK
 
 
 async def _status(args) -> int:
@@ -200,50 +210,30 @@ async def _status(args) -> int:
     rollout = Rollout(plans, _options(args), connect=_connect(args))
     await rollout.read_status()
     doc, bad = _documents(rollout, plans)
-    print(report.render(doc, args.output or "yaml"))
+    print(console.render(doc, args.output or "yaml"))
     behind = [r for p in plans for r in map(rollout.record.node, p.targets) if r.state != UPDATED]
     if behind:
         total = sum(len(p.targets) for p in plans)
         print(f"pinctl: {len(behind)} of {total} nodes are not at the desired content:\n  "
               + "\n  ".join(map(_line, behind)), file=sys.stderr)
-    return 1 if bad or behind else 0
+    return console.FAILED if bad or behind else console.OK
 
 
 async def _node(args) -> int:
-    async with connect(args.endpoint, tls=tls_from_args(args)) as client:
-        if args.node_command == "status":
-            print(report.render({"status": status_doc(await client.status())}, args.output or "yaml"))
-        elif args.node_command == "check-space":
-            plan = await client.check_space(args.images)
-            print(report.render(to_dict(plan), args.output or "json"))
-            if not plan.fits:
-                print(f"pinctl: the images do not fit: {plan.verdict}", file=sys.stderr)
-                return 1
-        else:
-            cluster = loader.load(args.file)
-            specs = content.specs(list(cluster.sets.values()), await client.status())
-            try:
-                with ApplyProgress() as progress:
-                    status = await client.apply(specs, on_event=progress.update)
-            except PinError as e:
-                if e.status is not None:  # a set failed: the node's status says which, and what it kept
-                    print(report.render({"status": status_doc(e.status)}, args.output or "yaml"))
-                raise
-            print(report.render({"status": status_doc(status)}, args.output or "yaml"))
-    return 0
+    async with connect(args.endpoint, tls=tls_from_args(args), insecure=insecure_from_args(args)) as client:
+        return await direct.run(client, args)
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pinctl", description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n", 2)[2], formatter_class=HelpFormatter)
+def parser() -> console.Parser:
+    p = console.Parser(prog="pinctl", description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n", 2)[2])
+    console.add_version(p, "pinctl")
     p.add_argument("--log-level", default="warning", help="debug, info, warning or error")
     p.add_argument("--otlp-endpoint", default="",
                    help="OTLP/gRPC endpoint for traces, e.g. http://127.0.0.1:4317 (default: OTEL_EXPORTER_OTLP_ENDPOINT; unset = off)")
     add_tls_arguments(p)
     sub = p.add_subparsers(dest="command", required=True)
-    sub_parser = functools.partial(sub.add_parser, formatter_class=HelpFormatter)
 
-    def cluster_args(sp):
+    def cluster_args(sp, output: str):
         source = sp.add_mutually_exclusive_group(required=True)
         source.add_argument("-f", "--file", action="append", help="cluster objects (YAML/JSON; - = stdin)")
         source.add_argument("--kube", action="store_true",
@@ -253,15 +243,14 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--endpoints", help="YAML/JSON map of node name -> agent endpoint")
         sp.add_argument("--port", type=int, default=DEFAULT_PORT, help="agent port on a node's InternalIP")
         sp.add_argument("--concurrency", type=int, default=100, help="agent calls in flight")
-        sp.add_argument("-o", "--output", choices=("yaml", "json"), help=output_help)
+        console.add_output(sp, output)
         add_tls_arguments(sp, subcommand=True)
 
-    output_help = "machine-readable output (default: a summary)"
-    plan = sub_parser("plan", help="pre-flight only: space on every target node, per pool")
-    cluster_args(plan)
-    output_help = "output format (default: yaml)"
-    roll = sub_parser("rollout", help="roll the sets out, pool by pool")
-    cluster_args(roll)
+    plan = sub.add_parser("plan", help="pre-flight only: space on every target node, per pool; exit 1 when a "
+                                       "node would fail")
+    cluster_args(plan, "a summary")
+    roll = sub.add_parser("rollout", help="roll the sets out, pool by pool; exit 1 when a pool is degraded")
+    cluster_args(roll, "yaml")
     roll.add_argument("--canary", type=int, default=0, help="apply the first N nodes of each pool first")
     roll.add_argument("--canary-pause", action="store_true", help="stop after the canary; rerun to go on")
     roll.add_argument("--max-parallel", type=int, default=0, help="nodes applying at once per pool (default: maxUnavailable)")
@@ -280,27 +269,22 @@ def parser() -> argparse.ArgumentParser:
                       help="random +/- fraction applied to each wait (default: %(default)s)")
     roll.add_argument("--parallelism", type=int, default=0, help="pulls in flight per node (0 = agent default)")
     roll.add_argument("--record-dir", help="where the durable rollout record lives (default: ~/.local/state/pinctl)")
-    status = sub_parser("status", help="MachineConfigNode/Pool status read live from every agent; exit 1 "
-                                       "unless every node is at the desired content")
-    cluster_args(status)
-    node = sub_parser("node", help="talk to one agent directly")
-    node_sub = node.add_subparsers(dest="node_command", required=True)
-    for name, help in (("apply", "make the agent pin exactly the sets of the files"),
-                       ("status", "the agent's MachineConfigNode status"),
-                       ("check-space", "size images against the node's free space; exit 1 when they do not fit")):
-        n = node_sub.add_parser(name, help=help, description=help, formatter_class=HelpFormatter)
-        n.add_argument("--endpoint", required=True, help="unix:///path or host:port")
-        n.add_argument("-o", "--output", choices=("yaml", "json"),
-                       help=f"output format (default: {'json' if name == 'check-space' else 'yaml'})")
-        add_tls_arguments(n, subcommand=True)
-        if name == "apply":
-            n.add_argument("-f", "--file", action="append", required=True, help="PinnedImageSet objects")
-        if name == "check-space":
-            n.add_argument("images", nargs="+")
+    roll.add_argument("--prune-all", action="store_true",
+                      help="unpin every set of the nodes no PinnedImageSet selects (each is named first); "
+                           "without it such nodes are refused")
+    status = sub.add_parser("status", help="MachineConfigNode/Pool status read live from every agent; exit 1 "
+                                           "unless every node is at the desired content")
+    cluster_args(status, "yaml")
+    node = sub.add_parser("node", help="talk to one agent directly")
+    direct.add_arguments(node, add_tls_arguments)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    return console.run(lambda: _main(argv))
+
+
+def _main(argv: list[str] | None) -> int:
     p = parser()
     args = p.parse_args(argv)
     if (getattr(args, "kubeconfig", None) or getattr(args, "context", None)) and not getattr(args, "kube", False):
@@ -312,17 +296,16 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(run(args))
     except errors.InvalidArgument as e:
         print("pinctl: invalid input:\n  " + "\n  ".join(e.problems), file=sys.stderr)
-        return 2
+        return console.USAGE
     except errors.PinsvcError as e:
         print(f"pinctl: {e}", file=sys.stderr)
-        return 1
+        return console.FAILED
     except PinError as e:
-        print(f"pinctl: {e}", file=sys.stderr)
-        return 1
+        print(f"pinctl: {explain(getattr(args, 'endpoint', ''), e)}", file=sys.stderr)
+        return console.FAILED
     except KeyboardInterrupt:
         print("pinctl: interrupted", file=sys.stderr)
         return 130
-
 
 
 if __name__ == "__main__":

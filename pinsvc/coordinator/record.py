@@ -5,6 +5,7 @@ stopped.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,10 +14,11 @@ from typing import TYPE_CHECKING
 import grpc
 from pinsvc_client import PinError, pb
 
+from pinsvc.client import explain
 from pinsvc.files import write_atomic
 
 if TYPE_CHECKING:
-    from pinsvc.coordinator.rollout import Target
+    from pinsvc.coordinator.rollout import PoolPlan, Target
 
 # Node outcomes.
 PENDING, SKIPPED, UPDATED, FAILED, UNAVAILABLE, NOT_STARTED, PAUSED = (
@@ -29,6 +31,7 @@ AGENT_UNAVAILABLE, REGISTRY_UNAVAILABLE, IMAGE_NOT_FOUND, UNAUTHORIZED = (
     "AgentUnavailable", "RegistryUnavailable", "ImageNotFound", "Unauthorized")
 INSUFFICIENT_SPACE, NO_SPACE_LEFT, RUNTIME_UNAVAILABLE, PREFETCH_FAILED = (
     "InsufficientSpace", "NoSpaceLeft", "RuntimeUnavailable", "PrefetchFailed")
+UNPIN_REFUSED = "UnpinRefused"  # no set selects the node and --prune-all was not given
 _BY_REASON = {"REGISTRY": REGISTRY_UNAVAILABLE, "NOT_FOUND": IMAGE_NOT_FOUND, "UNAUTHORIZED": UNAUTHORIZED,
               "INSUFFICIENT_SPACE": INSUFFICIENT_SPACE, "NO_SPACE": NO_SPACE_LEFT,
               "RUNTIME_UNAVAILABLE": RUNTIME_UNAVAILABLE}
@@ -72,7 +75,10 @@ class NodeRecord:
         cause and the agent's message (its status code too when the cause says no more)."""
         self.cause = cause(e)
         self.state = UNAVAILABLE if self.cause == AGENT_UNAVAILABLE else FAILED
-        detail = f"{e.code().name}: {e.details()}" if self.cause == PREFETCH_FAILED else e.details()
+        if self.cause == AGENT_UNAVAILABLE:
+            detail = explain(self.endpoint, e)
+        else:
+            detail = f"{e.code().name}: {e.details()}" if self.cause == PREFETCH_FAILED else e.details()
         self.reason = prefix + detail
 
     def observe(self, status: pb.NodeStatus, gaps: list[str]) -> None:
@@ -90,6 +96,16 @@ class NodeRecord:
             self.reason = "; ".join(gaps)
         else:
             self.state, self.reason = PENDING, "; ".join(gaps)
+
+
+def rollout_id(plans: list[PoolPlan]) -> str:
+    """Stable id of a desired state (sets by name, generation and images): the same cluster
+    input resumes the same record, an edited one starts a new record."""
+    sets = {s.name: s for p in plans for t in p.targets for s in t.sets}
+    digests = {name: hashlib.sha256("\n".join(sorted(s.images)).encode()).hexdigest() for name, s in sets.items()}
+    doc = sorted((t.node, t.endpoint, [(s.name, s.generation, digests[s.name]) for s in t.sets])
+                 for p in plans for t in p.targets)
+    return hashlib.sha256(json.dumps(doc).encode()).hexdigest()[:16]
 
 
 class Record:

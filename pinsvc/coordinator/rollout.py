@@ -16,8 +16,6 @@ the agent reports (a registry, an image, space) is the node's outcome, with its 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -27,11 +25,13 @@ from pinsvc_client import PinClient, PinError, SetSpec, pb
 
 from pinsvc import errors, tracing
 from pinsvc.client import connect
+from pinsvc.console import pins_of
 from pinsvc.coordinator import content, selection
 from pinsvc.coordinator.objects import Cluster, Node, PinnedImageSet
 from pinsvc.coordinator.record import (AGENT_UNAVAILABLE, APPLYING, CHECKED, FAILED, INSUFFICIENT_SPACE, NOT_STARTED,
                                        PAUSED, PENDING, PREFETCH_FAILED, REGISTRY_UNAVAILABLE, RUNTIME_UNAVAILABLE,
-                                       SKIPPED, UNAVAILABLE, UPDATED, WARNING, NodeRecord, Record, status_doc)
+                                       SKIPPED, UNAVAILABLE, UNPIN_REFUSED, UPDATED, WARNING, NodeRecord, Record,
+                                       status_doc)
 from pinsvc.retry import Backoff, retry
 
 log = logging.getLogger("pinsvc.coordinator")
@@ -119,19 +119,10 @@ class Options:
     concurrency: int = 100  # agent calls in flight across all pools
     parallelism: int = 0  # pulls in flight per node (0 = the agent's default)
     preflight: bool = True
+    prune_all: bool = False  # unpin nodes no set selects; without it they are refused
 
 
 Progress = Callable[[NodeRecord, "pb.ApplyEvent | None"], None]
-
-
-def rollout_id(plans: list[PoolPlan]) -> str:
-    """Stable id of a desired state (sets by name, generation and images): the same cluster
-    input resumes the same record, an edited one starts a new record."""
-    sets = {s.name: s for p in plans for t in p.targets for s in t.sets}
-    digests = {name: hashlib.sha256("\n".join(sorted(s.images)).encode()).hexdigest() for name, s in sets.items()}
-    doc = sorted((t.node, t.endpoint, [(s.name, s.generation, digests[s.name]) for s in t.sets])
-                 for p in plans for t in p.targets)
-    return hashlib.sha256(json.dumps(doc).encode()).hexdigest()[:16]
 
 
 class Rollout:
@@ -329,10 +320,17 @@ class Rollout:
         async with self._gate:
             status = await self._call(target, lambda c: c.status(), record)
             specs = target.specs(status)
+            record.status = status_doc(status)
             if not content.gaps(specs, status):
                 record.state, record.reason = UPDATED, "already at the desired content"
-                record.status = status_doc(status)
                 return
+            if not specs:  # a wrong file or selector must not unpin a node
+                if not self.options.prune_all:
+                    record.state, record.cause = FAILED, UNPIN_REFUSED
+                    record.reason = (f"no PinnedImageSet in the input selects this node: applying would unpin "
+                                     f"{pins_of(status)}; give --prune-all to unpin them")
+                    return
+                log.warning("%s: unpinning every set: %s", target.node, pins_of(status))
             record.state, record.reason = APPLYING, ""
             record.images_done = record.bytes_done = 0
             self.progress(record, None)

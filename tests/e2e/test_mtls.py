@@ -154,7 +154,9 @@ def test_pinctl_and_pinsvc_reach_an_agent_over_mtls(agent_factory, pki):
     assert yaml.safe_load(ok.stdout)["status"]
 
     bare = run("pinsvc.coordinator.cli", "node", "status", "--endpoint", endpoint)
-    assert bare.returncode == 1 and "UNAVAILABLE" in bare.stderr
+    assert bare.returncode == 2 and "mutual TLS" in bare.stderr, "no silent plaintext to a TCP agent"
+    plaintext = run("pinsvc.coordinator.cli", "node", "status", "--endpoint", endpoint, "--insecure")
+    assert plaintext.returncode == 1 and "UNAVAILABLE" in plaintext.stderr, "the mTLS listener refuses it"
     expired = run("pinsvc.coordinator.cli", "node", "status", "--endpoint", endpoint,
                   *tls_flags(pki, pki.expired_client))
     assert expired.returncode == 1 and "UNAVAILABLE" in expired.stderr
@@ -164,9 +166,9 @@ def test_pinctl_and_pinsvc_reach_an_agent_over_mtls(agent_factory, pki):
     # global flags before the command work too; and `pinsvc status`
     before = run("pinsvc.coordinator.cli", *tls_flags(pki), "node", "status", "--endpoint", endpoint)
     assert before.returncode == 0, before.stderr
-    direct = run("pinsvc", "status", "--endpoint", endpoint, *tls_flags(pki))
+    direct = run("pinsvc", "status", "--endpoint", endpoint, "-o", "json", *tls_flags(pki))
     assert direct.returncode == 0 and '"node": "e2e-node"' in direct.stdout, direct.stderr
-    assert run("pinsvc", "status", "--endpoint", endpoint).returncode == 1
+    assert run("pinsvc", "status", "--endpoint", endpoint).returncode == 2
 
 
 def test_pinctl_rollout_over_mtls(agent_factory, node, workload, pki, tmp_path):

@@ -123,7 +123,8 @@ def test_a_degraded_node_exits_1_with_the_reason_on_stderr(pinned, registry):
 
 
 def test_usage_errors_exit_2_with_the_subcommands_usage(pinned):
-    for argv, usage in ((["pinsvc.coordinator.cli", "node", "status", "--bogus"], "usage: pinctl node status"),
+    for argv, usage in ((["pinsvc.coordinator.cli", "node", "status", "--endpoint", "unix:///x", "--bogus"],
+                         "usage: pinctl node status"),
                         (["pinsvc.coordinator.cli", "rollout", "-f", "x", "--bogus"], "usage: pinctl rollout"),
                         (["pinsvc", "status", "--bogus"], "usage: pinsvc status")):
         proc = run(*argv)

@@ -212,7 +212,7 @@ def test_a_registry_that_never_answers_is_a_registry_failure_not_retried_and_bou
 
 def test_check_space_exits_1_and_prints_fits_when_the_images_do_not_fit(cluster):
     agent = cluster.start_agent("n1", **{"space-min-free-bytes": str(1 << 60)})
-    proc = pinctl("node", "check-space", "--endpoint", agent.endpoint, cluster.workload["oci"])
+    proc = pinctl("node", "check-space", "--endpoint", agent.endpoint, "-o", "json", cluster.workload["oci"])
     assert proc.returncode == 1
     plan = json.loads(proc.stdout)
     assert plan["fits"] is False and isinstance(plan["requiredBytes"], int)
@@ -228,7 +228,7 @@ def test_generations_are_integers_in_json(cluster):
     assert cluster.pinctl("rollout")[0] == 0
     agent = cluster.agents["n1"]
     for argv in (["-m", "pinsvc.coordinator.cli", "node", "status", "--endpoint", agent.endpoint, "-o", "json"],
-                 ["-m", "pinsvc", "status", "--endpoint", agent.endpoint]):  # JSON
+                 ["-m", "pinsvc", "status", "--endpoint", agent.endpoint, "-o", "json"]):
         proc = subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0, proc.stderr
         doc = json.loads(proc.stdout)

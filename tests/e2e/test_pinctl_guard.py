@@ -57,7 +57,7 @@ def test_a_rollout_whose_sets_select_no_node_is_refused_and_unpins_nothing(clust
         if doc["kind"] == "PinnedImageSet":
             doc["metadata"]["labels"] = {objects.ROLE_LABEL: "wroker"}  # a typo: no pool takes it
     cluster.file.write_text(objects.render(docs))
-    code, doc, err = cluster.pinctl("rollout")
+    code, doc, err = cluster.pinctl("rollout", "--abort-after", "0")
     assert code == 1, err
     assert pinned_everywhere(cluster) == before
     nodes = items(doc, "MachineConfigNode")
@@ -83,6 +83,7 @@ def test_prune_all_unpins_everything_and_says_what(cluster):
     assert "n3: unpinning every set: infra-set" in err and "worker-set" in err, err
     assert not any(pinned_everywhere(cluster).values())
 
+    cluster.write(["app-a", "oci"], ["three-layers"])
     rolled_out(cluster)
     proc = run("pinsvc.coordinator.cli", "node", "apply", "--endpoint", cluster.agents["n1"].endpoint,
                "--prune-all", "-o", "json")
