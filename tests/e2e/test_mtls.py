@@ -193,7 +193,10 @@ def test_pinctl_rollout_over_mtls(agent_factory, node, workload, pki, tmp_path):
     common = ["-f", str(cluster), "--port", port, "-o", "json"]
     refused = run("pinsvc.coordinator.cli", "rollout", *common, "--retries", "1",
                   "--record-dir", str(tmp_path / "refused"))
-    assert refused.returncode == 1 and image not in node.pinned_images()
+    assert refused.returncode == 2 and "mutual TLS" in refused.stderr, "no plaintext without --insecure"
+    plaintext = run("pinsvc.coordinator.cli", "rollout", *common, "--retries", "1", "--insecure",
+                    "--record-dir", str(tmp_path / "plaintext"))
+    assert plaintext.returncode == 1 and image not in node.pinned_images(), "the mTLS listener refuses it"
 
     done = run("pinsvc.coordinator.cli", "rollout", *common, *tls_flags(pki), "--record-dir", str(tmp_path / "ok"))
     assert done.returncode == 0, done.stderr

@@ -56,7 +56,7 @@ def test_preflight_reports_a_node_without_space_and_its_pool_stops(cluster):
     assert code == 1
     by_node = {n["node"]: n for p in doc["pools"] for n in p["nodes"]}
     assert by_node["n2"]["fits"] is False and "insufficient space" in by_node["n2"]["reason"]
-    assert by_node["n1"]["fits"] is True and by_node["n1"]["required_bytes"] > 0
+    assert by_node["n1"]["fits"] is True and by_node["n1"]["requiredBytes"] > 0
 
     code, doc, err = cluster.pinctl("rollout", "--abort-after", "1")
     assert code == 1, "a degraded or aborted pool fails the command"
