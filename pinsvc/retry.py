@@ -64,7 +64,8 @@ async def retry(attempt: Callable[[int], Awaitable[T]], backoff: Backoff, *, wha
     """The result of the first successful `attempt(n)`, n = 1, 2, ...; re-raises the
     error of the last attempt: one that is not retryable, or the one of attempt
     `backoff.attempts`. Every failed attempt is logged once, as
-    "<what>: attempt n/N failed: <error>; retrying in X.XXs" or "...; giving up".
+    "<what>: attempt n/N failed: <error>; retrying in X.XXs", "...; giving up" (the last
+    attempt, or a Retry-After beyond the cap) or "...; not retryable".
     `on_retry(n, error, delay)` runs before each wait (events, span events)."""
     total = max(backoff.attempts, 1)
     n = 0
@@ -75,7 +76,8 @@ async def retry(attempt: Callable[[int], Awaitable[T]], backoff: Backoff, *, wha
         except Exception as error:
             delay = _next_delay(error, n, total, backoff, retryable, rng)
             if delay is None:
-                logger.log(level, "%s: attempt %d/%d failed: %s; giving up", what, n, total, error)
+                why = "giving up" if n >= total or retryable(error) else "not retryable"
+                logger.log(level, "%s: attempt %d/%d failed: %s; %s", what, n, total, error, why)
                 raise
             logger.log(level, "%s: attempt %d/%d failed: %s; retrying in %.2fs", what, n, total, error, delay)
             if on_retry is not None:

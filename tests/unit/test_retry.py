@@ -100,7 +100,7 @@ async def test_an_error_that_is_not_retryable_stops_at_once(caplog):
     with caplog.at_level(logging.WARNING, logger=log.name), pytest.raises(errors.ImageNotFound):
         await run(attempt)
     assert attempt.calls == [1]
-    assert caplog.messages == ["thing x: attempt 1/4 failed: manifest unknown; giving up"]
+    assert caplog.messages == ["thing x: attempt 1/4 failed: manifest unknown; not retryable"]
 
 
 async def test_whether_to_retry_is_the_errors_own_say():
