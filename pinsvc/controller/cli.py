@@ -20,7 +20,7 @@ import logging
 import signal
 import sys
 
-from pinsvc import errors, tracing
+from pinsvc import console, errors, tracing
 from pinsvc.client import add_tls_arguments, connect, insecure_from_args, tls_from_args
 from pinsvc.coordinator import selection
 from pinsvc.coordinator.rollout import DEFAULT_PORT, Options
@@ -30,8 +30,9 @@ log = logging.getLogger("pinsvc.controller")
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pinsvc-controller", description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = console.Parser(prog="pinsvc-controller", description=__doc__.split("\n\n")[0],
+                       epilog=__doc__.split("\n", 2)[2])
+    console.add_version(p, "pinsvc-controller")
     p.add_argument("--kubeconfig", default="", help="kubeconfig file (default: in-cluster, KUBECONFIG, ~/.kube/config)")
     p.add_argument("--context", default="", help="kubeconfig context (default: the current one)")
     p.add_argument("--endpoints", help="YAML/JSON map of node name -> agent endpoint")
@@ -48,17 +49,18 @@ def parser() -> argparse.ArgumentParser:
     roll.add_argument("--no-preflight", action="store_true", help="skip the space check before an Apply")
     roll.add_argument("--failure-backoff", type=float, default=5.0,
                       help="seconds before a failed node is tried again (doubling, up to --failure-backoff-max)")
-    roll.add_argument("--failure-backoff-max", type=float, default=300.0)
+    roll.add_argument("--failure-backoff-max", type=float, default=300.0,
+                      help="the longest wait before a failed node is tried again (seconds)")
     roll.add_argument("--progress-after", type=float, default=2.0,
                       help="write Progressing=True for an Apply running longer than this (seconds)")
     lead = p.add_argument_group("leader election (coordination.k8s.io Lease)")
-    lead.add_argument("--lease-name", default="pinsvc-controller")
+    lead.add_argument("--lease-name", default="pinsvc-controller", help="the Lease the replicas compete for")
     lead.add_argument("--lease-namespace", default="", help="default: POD_NAMESPACE, else pinsvc")
     lead.add_argument("--identity", default="", help="default: POD_NAME (or the host name) and a random suffix")
     lead.add_argument("--lease-duration", type=int, default=15, help="seconds")
     lead.add_argument("--renew-deadline", type=int, default=10, help="seconds")
     lead.add_argument("--retry-period", type=int, default=2, help="seconds")
-    p.add_argument("--log-level", default="info")
+    p.add_argument("--log-level", default="info", help="debug, info, warning or error")
     p.add_argument("--otlp-endpoint", default="", help="OTLP/gRPC endpoint for traces (default: OTEL_EXPORTER_OTLP_ENDPOINT)")
     add_tls_arguments(p)
     return p

@@ -1,4 +1,5 @@
-"""`pinctl --help`, `pinsvc --help` and every subcommand's help show the defaults (issue 13)."""
+"""`pinctl --help`, `pinsvc --help`, `pinsvc-controller --help` and every subcommand's help show
+the defaults (issue 13)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import re
 import pytest
 
 from pinsvc import cli, config
+from pinsvc.controller import cli as controller_cli
 from pinsvc.coordinator.cli import parser
 
 
@@ -19,7 +21,8 @@ def _parsers(p: argparse.ArgumentParser, path=("pinctl",)):
                 yield from _parsers(sub, (*path, name))
 
 
-PARSERS = dict(_parsers(parser())) | dict(_parsers(cli.parser(), ("pinsvc",)))
+PARSERS = (dict(_parsers(parser())) | dict(_parsers(cli.parser(), ("pinsvc",)))
+           | dict(_parsers(controller_cli.parser(), ("pinsvc-controller",))))
 
 
 def _entries(p: argparse.ArgumentParser) -> dict[str, str]:
@@ -32,8 +35,9 @@ def _entries(p: argparse.ArgumentParser) -> dict[str, str]:
 def test_every_option_with_a_default_shows_it(path):
     p = PARSERS[tuple(path.split())]
     for action in p._actions:
-        if not action.option_strings or action.default in (None, False, "", argparse.SUPPRESS) or action.help is None:
+        if not action.option_strings or action.default in (None, False, "", argparse.SUPPRESS):
             continue
+        assert action.help, f"{path}: {max(action.option_strings, key=len)} has a default but no help to show it"
         entry = re.sub(r"\s+", " ", p._get_formatter()._format_action(action))
         assert re.search(r"\(default:? [^)]+\)", entry), f"{path}: {entry}"
 
