@@ -81,6 +81,7 @@ class AgentProcess:
             if self.socket.exists() and self._healthy():
                 return time.monotonic() - t0
             time.sleep(0.05)
+        self.stop()  # a caller that gets the error has no process to stop
         raise RuntimeError(f"agent did not become healthy in {timeout}s:\n{self.log()}")
 
     def _healthy(self) -> bool:
