@@ -67,8 +67,10 @@ class AgentProcess:
                 args += [f"--{key}", str(value)]
         return args
 
-    def start(self, timeout: float = 15) -> float:
-        """Starts the agent and waits until it serves; returns the seconds that took."""
+    def start(self, timeout: float = 15, *, runtime: bool = True) -> float:
+        """Starts the agent and waits until it serves and its runtime answers (health ""),
+        or only until it serves (runtime=False: health `liveness`); returns the seconds that
+        took."""
         t0 = time.monotonic()
         self.workdir.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
@@ -78,19 +80,22 @@ class AgentProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"agent exited with {self.proc.returncode}:\n{self.log()}")
-            if self.socket.exists() and self._healthy():
+            if self.socket.exists() and self.health("" if runtime else "liveness") == "SERVING":
                 return time.monotonic() - t0
             time.sleep(0.05)
+        health = f"liveness {self.health('liveness') or 'no answer'}, server {self.health() or 'no answer'}"
         self.stop()  # a caller that gets the error has no process to stop
-        raise RuntimeError(f"agent did not become healthy in {timeout}s:\n{self.log()}")
+        raise RuntimeError(f"agent did not become healthy in {timeout}s (health: {health}):\n{self.log()}")
 
-    def _healthy(self) -> bool:
+    def health(self, service: str = "") -> str:
+        """The gRPC health of `service` ("" = the whole server), "" when there is no answer."""
         with grpc.insecure_channel(f"unix:{self.socket}") as channel:
             try:
-                resp = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
+                resp = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service),
+                                                                  timeout=1)
             except grpc.RpcError:
-                return False
-            return resp.status == health_pb2.HealthCheckResponse.SERVING
+                return ""
+            return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
 
     def stop(self) -> None:
         terminate(self.proc, 10)

@@ -79,6 +79,14 @@ KUBECONFORM_VERSION=${KUBECONFORM_VERSION:-v0.7.0}
   "$KUBECONFORM_VERSION" ./cmd/kubeconform "$BIN/kubeconform-$KUBECONFORM_VERSION"
 ln -sf "kubeconform-$KUBECONFORM_VERSION" "$BIN/kubeconform"
 
+# grpcurl asks the agent's gRPC health and reflection as a user's own tool would
+# (tests/e2e/test_health.py). Pure Go, a minute to build.
+GRPCURL_VERSION=${GRPCURL_VERSION:-v1.9.3}
+[[ -x $BIN/grpcurl-$GRPCURL_VERSION ]] || GO_BUILD_CGO=0 \
+  GO_BUILD_LDFLAGS="-X main.version=$GRPCURL_VERSION" \
+  go_build github.com/fullstorydev/grpcurl "$GRPCURL_VERSION" ./cmd/grpcurl "$BIN/grpcurl-$GRPCURL_VERSION"
+ln -sf "grpcurl-$GRPCURL_VERSION" "$BIN/grpcurl"
+
 # The controller's tests and benchmark: etcd, kube-apiserver, kubectl and OpenShift's CRDs.
 bash "$(dirname "$0")/install-kube-peers.sh"
 

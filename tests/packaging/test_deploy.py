@@ -171,8 +171,8 @@ def test_every_host_path_the_agent_uses_is_mounted():
 
 @pytest.fixture
 def agent(tmp_path):
-    """The real agent on a unix socket in a temp dir (no runtime behind it: health is about
-    the agent serving, as in the pod before CRI-O answers)."""
+    """The real agent on a unix socket in a temp dir, with no runtime behind it, as in a pod
+    before CRI-O answers: alive (liveness), not ready (the runtime does not answer)."""
     sock = tmp_path / "pinsvc.sock"
     (tmp_path / "crio.conf.d").mkdir()
     proc = subprocess.Popen([str(PINSVC), "agent", f"--server-socket={sock}", "--cri-endpoint",
@@ -191,11 +191,18 @@ def agent(tmp_path):
 
 @pytest.mark.parametrize("probe", ["startupProbe", "readinessProbe", "livenessProbe"])
 def test_probe_commands_report_a_real_agent(agent, probe, tmp_path):
+    """Startup and liveness pass while the agent serves (a CRI-O restart must not restart it);
+    readiness fails while the runtime does not answer, saying so (tests/e2e/test_health.py:
+    it passes once CRI-O answers)."""
     command = agent_container()[probe]["exec"]["command"]
     assert command[:2] == ["pinsvc", "health"] and "unix:///run/pinsvc/pinsvc.sock" in command
     argv = [str(PINSVC)] + [f"unix://{agent}" if a == "unix:///run/pinsvc/pinsvc.sock" else a for a in command[1:]]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-    assert (done.returncode, done.stdout.strip()) == (0, "SERVING"), done.stderr
+    if probe == "readinessProbe":
+        assert done.returncode == 1, done.stdout
+        assert done.stderr.startswith("NOT_SERVING: RuntimeUnreachable: container runtime at unix://"), done.stderr
+    else:
+        assert (done.returncode, done.stdout.strip()) == (0, "SERVING"), done.stderr
     gone = [f"unix://{tmp_path}/absent.sock" if a.startswith("unix://") else a for a in argv]
     done = subprocess.run(gone, capture_output=True, text=True, timeout=30)
     assert done.returncode == 1 and f"pinsvc health: unix:{tmp_path}/absent.sock: UNAVAILABLE" in done.stderr
