@@ -106,6 +106,7 @@ class Settings:
     cri_endpoint: str = _f("unix:///var/run/crio/crio.sock", "CRI endpoint of the runtime")
     cri_timeout_seconds: float = _f(10.0, "bound of one CRI call other than PullImage")
     cri_connect_wait_seconds: float = _f(2.0, "how long a CRI call first waits for the runtime's socket to connect (again, e.g. after a restart) before failing as unreachable (0 = fail at once)")
+    cri_health_interval_seconds: float = _f(5.0, "how often to ask the runtime whether it answers (CRI Version); gRPC health and the status follow it (0 = never: health then says only that the agent serves)")
     cri_fs_info_backoff: Backoff = _backoff(
         Backoff(initial_seconds=0.05, factor=2.0, max_seconds=0.2, jitter=0.0, attempts=5),
         "ImageFsInfo calls that race a pull (a temp file vanishing under CRI-O's walk of its store)",
@@ -301,6 +302,8 @@ def validate(s: Settings) -> None:
         problems.append(f"verify.drift_interval_seconds {s.verify.drift_interval_seconds} must be >= 0 (0 = off)")
     if not s.cri_connect_wait_seconds >= 0:
         problems.append(f"cri_connect_wait_seconds {s.cri_connect_wait_seconds} must be >= 0 (0 = no wait)")
+    if not s.cri_health_interval_seconds >= 0:
+        problems.append(f"cri_health_interval_seconds {s.cri_health_interval_seconds} must be >= 0 (0 = off)")
     if s.space.decompression_factor <= 0:
         problems.append(f"space.decompression_factor {s.space.decompression_factor} must be > 0")
     if not 0 < s.space.max_usage_percent <= 100:

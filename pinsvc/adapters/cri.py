@@ -65,6 +65,7 @@ class CriClient:
             ("grpc.max_reconnect_backoff_ms", 1000),
         ])
         self._stub = api_pb2_grpc.ImageServiceStub(self._channel)
+        self._runtime_stub = api_pb2_grpc.RuntimeServiceStub(self._channel)
 
     async def close(self) -> None:
         await self._channel.close()
@@ -80,6 +81,18 @@ class CriClient:
                 await self._channel.channel_ready()
         except TimeoutError:
             log.debug("container runtime at %s: not connected after %gs", self.endpoint, self.connect_wait)
+
+    async def version(self) -> str:
+        """"<runtime name> <version>" ("cri-o 1.36.3"); "" from a runtime that serves no
+        RuntimeService on this socket (it answered all the same)."""
+        await self._ready()
+        try:
+            resp = await self._runtime_stub.Version(api_pb2.VersionRequest(), timeout=self.timeout)
+        except grpc.aio.AioRpcError as e:
+            if e.code() == grpc.StatusCode.UNIMPLEMENTED:
+                return ""
+            raise self._error(e, "Version") from e
+        return f"{resp.runtime_name} {resp.runtime_version}".strip()
 
     async def image_status(self, image: str) -> RuntimeImage | None:
         """The image, or None when the runtime does not have it."""

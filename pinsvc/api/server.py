@@ -1,5 +1,13 @@
 """The gRPC layer: a thin servicer (protobuf in, plain types to the Agent, protobuf out),
 error mapping at one boundary, health checking and reflection, unix socket and optional TCP.
+
+gRPC health (grpc.health.v1) tells two things apart. The whole server ("", what grpcurl,
+grpc_health_probe, the kubelet's grpc probe and `pinsvc health` ask by default) and
+`pinsvc.v1.PinService` are SERVING only while the container runtime answers (the agent's
+runtime watcher, core/health.py): an agent that can neither pull, pin nor verify is not
+ready, and the status names why (PinnedImageSetsDegraded, reason RuntimeUnreachable).
+`liveness` is SERVING while the agent serves at all, whatever the runtime does: the
+liveness and startup probes ask it, so a CRI-O restart never gets the agent restarted.
 """
 
 from __future__ import annotations
@@ -23,10 +31,13 @@ from pinsvc.api import convert, reflection
 from pinsvc.api.guard import MalformedRequestInterceptor
 from pinsvc.config import Settings
 from pinsvc.core.agent import Agent
+from pinsvc.core.health import RuntimeHealth
 from pinsvc.wiring import build_agent
 
 log = logging.getLogger("pinsvc.api")
 SERVICE = "pinsvc.v1.PinService"
+LIVENESS = "liveness"
+"""The health name that is SERVING while the agent serves, whether the runtime answers or not."""
 _DONE = object()
 
 
@@ -143,6 +154,16 @@ class PinServicer(pb_grpc.PinServiceServicer):
                     for c in report.checks])
 
 
+def _follow_runtime(health_servicer: health.aio.HealthServicer) -> Callable[[RuntimeHealth], Awaitable[None]]:
+    """Sets the health of "" and the PinService from what the runtime watcher sees."""
+    async def follow(runtime: RuntimeHealth) -> None:
+        status = (health_pb2.HealthCheckResponse.SERVING if runtime.reachable
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        for name in ("", SERVICE):
+            await health_servicer.set(name, status)
+    return follow
+
+
 def _bind_unix(server: grpc.aio.Server, path: Path, mode: int, group: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
@@ -216,6 +237,11 @@ async def serve(settings: Settings, *, ready: Callable[[], None] | None = None,
         log.warning("serving plaintext TCP on %s without TLS or client authentication (--server-insecure): "
                     "anyone who can reach it can change this node's pinned images", settings.server.tcp)
         server.add_insecure_port(settings.server.tcp)
+    watched = settings.cri_health_interval_seconds > 0
+    for name in ("", SERVICE):  # not ready until the runtime has answered
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    if watched:
+        agent.runtime_health.subscribe(_follow_runtime(health_servicer))
     if metrics_server:
         metrics.observe_status(await agent.status())  # pins and generations from the start (restarts)
         await metrics_server.start()
@@ -224,12 +250,17 @@ async def serve(settings: Settings, *, ready: Callable[[], None] | None = None,
         os.chmod(sock, mode)
         if socket_gid >= 0:
             os.chown(sock, -1, socket_gid)
-    for name in ("", SERVICE):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    await health_servicer.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
+    if watched:
+        await agent.runtime_health.check()
+    else:  # the runtime is not watched: health says only that the agent serves
+        for name in ("", SERVICE):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     tcp = settings.server.tcp and f"{settings.server.tcp} ({'mTLS' if tcp_credentials else 'plaintext'})"
     log.info("pinsvc agent serving on %s", ", ".join(filter(None, [
         f"unix:{sock}" if str(sock) not in ("", ".") else "", tcp])))
-    agent.start_drift_checks()  # stopped by agent.close()
+    agent.start_drift_checks()  # both stopped by agent.close()
+    agent.runtime_health.start()
     if ready:
         ready()
     try:

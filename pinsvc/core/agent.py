@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from pinsvc import errors, limits, tracing
 from pinsvc.config import Settings
+from pinsvc.core.health import RuntimeWatch
 from pinsvc.core.pinning import Pinner
 from pinsvc.core.pins import choose_pins, dropin_references
 from pinsvc.core.ports import (ConfigReloader, DropinFile, ImageRuntime, ManifestSource, Metrics, NoMetrics,
@@ -72,11 +73,14 @@ class Agent:
         self.repairer = DriftRepairer(node=settings.node_name, state=self.state, store=store, runtime=runtime,
                                       puller=self.puller, dropin=dropin, reload=self.pinner.reload,
                                       verify=self.pinner.verify, metrics=self.metrics)
+        self.runtime_health = RuntimeWatch(runtime.version, endpoint=settings.cri_endpoint,
+                                           interval=settings.cri_health_interval_seconds)
         self._lock = asyncio.Lock()
         self._current: asyncio.Task | None = None
         self._drift_task: asyncio.Task | None = None
 
     async def close(self) -> None:
+        await self.runtime_health.close()
         if self._drift_task is not None:
             self._drift_task.cancel()
             await asyncio.wait([self._drift_task])
@@ -271,7 +275,8 @@ class Agent:
         await asyncio.to_thread(self.store.save, self.state)
 
     def status_snapshot(self, runtime_images=None) -> NodeStatus:
-        return self.state.status(self.settings.node_name, str(self.dropin.path), runtime_images)
+        return self.state.status(self.settings.node_name, str(self.dropin.path), runtime_images,
+                                 self.runtime_health.health)
 
     async def status(self) -> NodeStatus:
         """Status with presence and pins read live from the runtime (stored values when the

@@ -28,6 +28,10 @@ class ImageRuntime(Protocol):
     async def image_fs(self) -> list[FsUsage]:
         """The image filesystems (mountpoint and used bytes)."""
 
+    async def version(self) -> str:
+        """The runtime's name and version ("cri-o 1.36.3"); raises RuntimeUnavailable (or
+        Timeout) when it does not answer. Cheap: the runtime health watcher asks it."""
+
     async def close(self) -> None: ...
 
 

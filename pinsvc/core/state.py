@@ -15,12 +15,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pinsvc import errors
 from pinsvc.core.space import present_in
 from pinsvc.files import write_atomic
 from pinsvc.model import (ConditionStatus, DriftRepairStatus, ImageDetail, ImageEvent, ImageEventKind, ImagePhase,
                           NodeStatus, PinnedImageSet, RuntimeImage, SetStatus)
+
+if TYPE_CHECKING:
+    from pinsvc.core.health import RuntimeHealth
 
 VERSION = 1
 MAX_ERROR = 32768
@@ -31,6 +35,9 @@ PREFETCH_FAILED = "PrefetchFailed"
 """Reason of PinnedImageSetsDegraded when an Apply failed."""
 DRIFT_REPAIR_FAILED = "DriftRepairFailed"
 """Reason of PinnedImageSetsDegraded when a drift repair failed."""
+RUNTIME_UNREACHABLE = "RuntimeUnreachable"
+"""Reason of PinnedImageSetsDegraded while the container runtime does not answer (core/health.py):
+shown, never stored; the stored condition shows again once the runtime answers."""
 
 
 @dataclass
@@ -236,9 +243,10 @@ class State:
 
     # ---- status --------------------------------------------------------------------------
 
-    def status(self, node: str, dropin_path: str, runtime_images: Sequence[RuntimeImage] | None = None) -> NodeStatus:
+    def status(self, node: str, dropin_path: str, runtime_images: Sequence[RuntimeImage] | None = None,
+               runtime: RuntimeHealth | None = None) -> NodeStatus:
         """The node status; presence and pins from `runtime_images` (None: not known, e.g.
-        the runtime did not answer)."""
+        the runtime did not answer); the conditions as `runtime_conditions` says."""
         by_digest = present_in(list(runtime_images)) if runtime_images is not None else {}
         members: dict[str, list[str]] = {}
         for s in self.sets.values():
@@ -255,10 +263,31 @@ class State:
             sets=tuple(SetStatus(s.name, s.desired_generation, s.current_generation, s.last_failed_generation,
                                  s.last_failed_generation_error) for s in sorted(self.sets.values(), key=lambda s: s.name)),
             conditions=tuple(ConditionStatus(c.type, c.status, c.reason, c.message, c.last_transition_time)
-                             for c in sorted(self.conditions.values(), key=lambda c: c.type)),
+                             for c in sorted(self.runtime_conditions(runtime).values(), key=lambda c: c.type)),
             images=tuple(images), dropin_path=dropin_path,
             drift_repairs=tuple(DriftRepairStatus(r.kind, r.target, r.time, r.repaired, r.error, r.count)
                                 for r in self.repairs))
+
+    def runtime_conditions(self, runtime: RuntimeHealth | None) -> dict[str, Condition]:
+        """The conditions as a reader should see them given whether the runtime answers:
+        while it does not, PinnedImageSetsDegraded is True with reason RuntimeUnreachable
+        (what every reader of Degraded, `pinctl` and the pool roll-up, already acts on),
+        naming the endpoint and the error, and the stored reason after it when the node was
+        Degraded already. Once it answers again, the stored condition is back; when that
+        says False, its transition time is the runtime's return."""
+        degraded = self.conditions.get(DEGRADED)
+        if runtime is None or (runtime.reachable and (degraded is None or degraded.status == "True"
+                                                      or degraded.last_transition_time >= runtime.since)):
+            return self.conditions
+        if runtime.reachable:
+            shown = Condition(DEGRADED, "False", degraded.reason, degraded.message, runtime.since)
+        else:
+            was = degraded is not None and degraded.status == "True"
+            message = (f"{runtime.detail}: images can be neither pulled, pinned nor verified until it answers"
+                       + (f"; already degraded: {degraded.reason}: {degraded.message}" if was else ""))
+            since = degraded.last_transition_time if was else runtime.since
+            shown = Condition(DEGRADED, "True", RUNTIME_UNREACHABLE, truncate_error(message), since)
+        return {**self.conditions, DEGRADED: shown}
 
 
 def now() -> str:

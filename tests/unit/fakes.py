@@ -47,6 +47,8 @@ class FakeRuntime:
         self.stopped: list[str] = []
         self.started: dict[str, asyncio.Event] = {}
         self.reloads = 0
+        self.down = False  # the runtime does not answer Version
+        self.endpoint = "unix:///fake/crio.sock"
 
     @property
     def calls(self) -> Counter[str]:
@@ -120,6 +122,12 @@ class FakeRuntime:
             return image in self.present
         finally:
             self.checking -= 1
+
+    async def version(self) -> str:
+        if self.down:
+            raise errors.RuntimeUnavailable(f"container runtime at {self.endpoint} is not reachable (Version): "
+                                            "failed to connect to all addresses")
+        return "fake 1.0"
 
     async def close(self) -> None:
         pass

@@ -276,3 +276,82 @@ class ImageService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class RuntimeServiceStub:
+    """The runtime half of the Container Runtime Interface: only the call that tells whether the
+    runtime answers (what `crictl version` asks), made by the agent's runtime health watcher.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Version = channel.unary_unary(
+                '/runtime.v1.RuntimeService/Version',
+                request_serializer=runtime_dot_v1_dot_api__pb2.VersionRequest.SerializeToString,
+                response_deserializer=runtime_dot_v1_dot_api__pb2.VersionResponse.FromString,
+                _registered_method=True)
+
+
+class RuntimeServiceServicer:
+    """The runtime half of the Container Runtime Interface: only the call that tells whether the
+    runtime answers (what `crictl version` asks), made by the agent's runtime health watcher.
+    """
+
+    def Version(self, request, context):
+        """The runtime's name and version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_RuntimeServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Version': grpc.unary_unary_rpc_method_handler(
+                    servicer.Version,
+                    request_deserializer=runtime_dot_v1_dot_api__pb2.VersionRequest.FromString,
+                    response_serializer=runtime_dot_v1_dot_api__pb2.VersionResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'runtime.v1.RuntimeService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('runtime.v1.RuntimeService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class RuntimeService:
+    """The runtime half of the Container Runtime Interface: only the call that tells whether the
+    runtime answers (what `crictl version` asks), made by the agent's runtime health watcher.
+    """
+
+    @staticmethod
+    def Version(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtime.v1.RuntimeService/Version',
+            runtime_dot_v1_dot_api__pb2.VersionRequest.SerializeToString,
+            runtime_dot_v1_dot_api__pb2.VersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
