@@ -141,8 +141,9 @@ async def test_credentials_never_appear_in_logs_traces_metrics_errors_state_or_d
                                      for p in t["processes"].values())]
     assert ours, "the agents' traces reached Jaeger"
     all_spans = [s for t in ours for s in spans(t)]
-    assert any(s["name"] == "GET manifest" for s in all_spans), "the agent's authenticated manifest requests"
-    assert any(s["name"] == "pull" and s["tags"]["image"] == missing and s["error"] for s in all_spans)
+    assert any(s["name"] == "GET /v2/{name}/manifests/{reference}" and s["tags"]["http.response.status_code"] == 401
+               for s in all_spans), "the agent's manifest requests, challenged, then authenticated"
+    assert any(s["name"] == "pull" and s["tags"]["pinsvc.image"] == missing and s["error"] for s in all_spans)
     assert any("refused access" in s["tags"].get("otel.status_description", "") for s in all_spans)
     outputs["Jaeger traces"] = json.dumps(ours)
 

@@ -96,7 +96,7 @@ def test_a_rollout_is_one_trace_across_coordinator_agents_and_crio(tmp_path, jae
     # rollout -> pool -> node -> (gRPC client -> agent server ->) apply
     (pool,) = [s for s in all_spans if s["name"] == "pool"]
     assert by_id[pool["parent_id"]]["name"] == "rollout"
-    node_spans = {s["tags"]["node"]: s for s in all_spans if s["name"] == "node"}
+    node_spans = {s["tags"]["k8s.node.name"]: s for s in all_spans if s["name"] == "node"}
     assert set(node_spans) == {"tr1", "tr2"} and all(s["parent_id"] == pool["id"] for s in node_spans.values())
     applies = {node_of(s): s for s in all_spans if s["name"] == "apply"}
     assert set(applies) == {"tr1", "tr2"}
@@ -112,20 +112,31 @@ def test_a_rollout_is_one_trace_across_coordinator_agents_and_crio(tmp_path, jae
     pulls = [s for s in all_spans if s["name"] == "pull"]
     for node, expected in (("tr1", set(good)), ("tr2", set(good) | {missing})):
         mine = [s for s in pulls if node_of(s) == node]
-        assert sorted(s["tags"]["image"] for s in mine) == sorted(expected), node
+        assert sorted(s["tags"]["pinsvc.image"] for s in mine) == sorted(expected), node
         assert all(s["parent_id"] == applies[node]["id"] for s in mine)
-        for s in mine:
-            assert s["tags"]["registry"] == s["tags"]["image"].split("/")[0]
-            assert s["tags"]["image.digest"] == s["tags"]["image"].split("@")[1]
-    (failed,) = [s for s in pulls if s["tags"]["image"] == missing]
+        for s in mine:  # the semantic conventions' container.image.name and oci.manifest.digest
+            name, _, digest = s["tags"]["pinsvc.image"].rpartition("@")
+            assert (s["tags"]["container.image.name"], s["tags"]["oci.manifest.digest"]) == (name, digest)
+    (failed,) = [s for s in pulls if s["tags"]["pinsvc.image"] == missing]
     assert failed["error"] and "not found" in failed["tags"]["otel.status_description"].lower()
-    assert failed["tags"]["result"] == "failed"
-    # tr1 sized its images from the registry manifests; the missing one failed there.
+    assert failed["tags"]["pinsvc.result"] == "failed"
+    # tr1 sized the images it lacked from the registry manifests (one CLIENT span per HTTP
+    # request under each manifest span); the missing one failed there with the registry's 404.
     space = [s for s in all_spans if s["name"] == "space check" and node_of(s) == "tr1"]
-    assert space and any(s["name"] == "GET manifest" and s["parent_id"] == space[0]["id"] for s in all_spans)
+    manifests = [s for s in all_spans if s["name"] == "manifest" and s["parent_id"] == space[0]["id"]]
+    assert missing in {s["tags"]["pinsvc.image"] for s in manifests} <= set(good) | {missing}
+    gets = [s for s in all_spans if s["name"] == "GET /v2/{name}/manifests/{reference}"
+            and by_id[s["parent_id"]] in manifests]
+    assert gets and all(s["tags"]["span.kind"] == "client" and s["tags"]["http.request.method"] == "GET"
+                        for s in gets)
+    assert 404 in {s["tags"]["http.response.status_code"] for s in gets}
     # The runtime's own spans hang under the agent's CRI calls.
     crio_pulls = [s for s in all_spans if s["service"] == "crio" and s["name"] == "runtime.v1.ImageService/PullImage"]
     assert crio_pulls and all(by_id[s["parent_id"]]["service"] == "pinsvc-agent" for s in crio_pulls)
+    for s in crio_pulls:  # the agent's CRI client span names the runtime's socket
+        client = by_id[s["parent_id"]]["tags"]
+        assert (client["span.kind"], client["network.transport"]) == ("client", "unix")
+        assert client["server.address"] == str(traced_nodes[node_of(by_id[s["parent_id"]])].socket)
     for stage in ("drop-in write", "reload", "verify"):
         assert {node_of(s) for s in all_spans if s["name"] == stage} == {"tr1", "tr2"}, stage
     # Never a credential.

@@ -281,3 +281,17 @@ def test_the_setting(tmp_path):
         load(["--server-metrics", "localhost"])
     assert parse_address("[::1]:9441") == ("::1", 9441)
     assert parse_address(":9441") == ("", 9441)
+
+
+def test_build_info_runtime_health_and_no_created_series_in_either_format(m):
+    from pinsvc import version
+    assert value(m, "pinsvc_build_info", version=version()) == 1
+    assert value(m, "pinsvc_runtime_reachable") == 0  # until the watcher says
+    m.observe_runtime(True)
+    assert value(m, "pinsvc_runtime_reachable") == 1
+    m.applies.labels("success").inc()
+    for accept in ("", "application/openmetrics-text; version=1.0.0"):
+        body, content_type = m.exposition(accept)
+        text = body.decode()
+        assert 'pinsvc_build_info{version="' in text and "pinsvc_apply_total" in text, content_type
+        assert "_created" not in text, content_type
