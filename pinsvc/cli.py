@@ -42,12 +42,20 @@ def _agent(args: argparse.Namespace) -> int:
     endpoint = "" if settings.otlp_endpoint == "none" else settings.otlp_endpoint
     if settings.otlp_endpoint == "none":
         os.environ["OTEL_SDK_DISABLED"] = "true"
-    with tracing.configured("pinsvc-agent", endpoint, {"host.name": settings.node_name}):
-        try:
-            asyncio.run(main())
-        except errors.PinsvcError as e:
-            print(f"pinsvc: {e}", file=sys.stderr)
-            return 1
+    # defaults under OTEL_RESOURCE_ATTRIBUTES / OTEL_SERVICE_NAME: the node is the host
+    defaults = {"host.name": settings.node_name, "k8s.node.name": settings.node_name}
+    try:
+        tracing.setup("pinsvc-agent", endpoint=endpoint, attributes=defaults)
+    except errors.InvalidArgument as e:  # an OTLP protocol it cannot speak: nothing started
+        print(f"pinsvc: {e}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(main())
+    except errors.PinsvcError as e:
+        print(f"pinsvc: {e}", file=sys.stderr)
+        return 1
+    finally:
+        tracing.shutdown()
     return 0
 
 

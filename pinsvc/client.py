@@ -28,10 +28,11 @@ def connect(endpoint: str, node: str = "", *, tls: TlsFiles | None = None, insec
     agent started with --server-insecure). A bad endpoint, a TCP endpoint with neither, or
     a bad TLS file raises InvalidArgument."""
     try:
-        if not pinsvc_client.parse_endpoint(endpoint).unix and tls is None and not insecure:
+        where = pinsvc_client.parse_endpoint(endpoint)
+        if not where.unix and tls is None and not insecure:
             raise InvalidArgument(f"agent endpoint {endpoint} is TCP: {TCP_NEEDS_TLS}")
         return pinsvc_client.connect(endpoint, tls=tls, insecure=insecure and tls is None, node=node,
-                                     interceptors=tracing.client_interceptors())
+                                     interceptors=tracing.client_interceptors(where.target))
     except pinsvc_client.ConfigError as e:
         raise InvalidArgument(str(e)) from e
 

@@ -114,7 +114,7 @@ class Settings:
     state_dir: Path = _f(Path("/var/lib/pinsvc"), "where the state file and manifest cache live")
     log_level: str = _f("info", "debug, info, warning or error")
     log_format: str = _f("text", "text, or json (one object a line, with the trace id of a traced request)")
-    otlp_endpoint: str = _f("", "OTLP/gRPC endpoint for traces, e.g. http://127.0.0.1:4317 ('' = OTEL_EXPORTER_OTLP_ENDPOINT; none = off)")
+    otlp_endpoint: str = _f("", "OTLP endpoint for traces, e.g. http://127.0.0.1:4317 (gRPC; OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf for OTLP/HTTP) ('' = OTEL_EXPORTER_OTLP_ENDPOINT; none = off)")
     server: ServerSettings = field(default_factory=ServerSettings)
     space: SpaceSettings = field(default_factory=SpaceSettings)
     pull: PullSettings = field(default_factory=PullSettings)

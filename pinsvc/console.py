@@ -16,9 +16,10 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from importlib import metadata
 
 import yaml
+
+import pinsvc
 
 OK, FAILED, USAGE, CLOSED_PIPE = 0, 1, 2, 141
 OUTPUTS = ("yaml", "json")
@@ -69,10 +70,7 @@ def add_version(parser: argparse.ArgumentParser, prog: str) -> None:
 
 
 def version() -> str:
-    try:
-        return metadata.version("pinsvc")
-    except metadata.PackageNotFoundError:  # run from a source tree that is not installed
-        return "0+unknown"
+    return pinsvc.version()
 
 
 def add_output(parser: argparse.ArgumentParser, default: str = "yaml", what: str = "") -> None:

@@ -21,10 +21,10 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.exposition import choose_encoder
 
-from pinsvc import errors
+from pinsvc import errors, version
 from pinsvc.model import ApplyOutcome, Emit, ImageEvent, ImageEventKind as Kind, NodeStatus, StageEvent, StageKind
 
 log = logging.getLogger("pinsvc.metrics")
@@ -76,6 +76,9 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None, *, process_collectors: bool = True,
                  clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time):
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        # No `<counter>_created` series: in the text format they are stray gauges of process
+        # start times. prometheus_client's switch is process-wide; this registry is the agent's only one.
+        disable_created_metrics()
         self._clock, self._wall_clock = clock, wall_clock
         self._attempts: dict[str, _Attempt] = {}
         self._ids = itertools.count(1)
@@ -89,6 +92,12 @@ class Metrics:
             PlatformCollector(registry=r)
             GCCollector(registry=r)
 
+        self.build_info = Gauge("pinsvc_build_info", "Always 1: the version of the agent", ["version"],
+                                registry=r)
+        self.build_info.labels(version()).set(1)
+        self.runtime_reachable = Gauge(
+            "pinsvc_runtime_reachable", "1 while the container runtime answers (checked every "
+            "cri_health_interval_seconds), else 0: the agent can then neither pull, pin nor verify", registry=r)
         self.pull_duration = Histogram(
             "pinsvc_pull_duration_seconds",
             "Duration of one pull attempt in the runtime (queue wait excluded), by how it ended "
@@ -257,6 +266,10 @@ class Metrics:
     def observe_drift_repair(self, kind: str, repaired: bool) -> None:
         """Counts one drift finding of a periodic check and whether it was repaired."""
         self.drift_repairs.labels(kind, "repaired" if repaired else "failed").inc()
+
+    def observe_runtime(self, reachable: bool) -> None:
+        """Follows the runtime health watcher (core/health.py)."""
+        self.runtime_reachable.set(1 if reachable else 0)
 
     def observe_status(self, status: NodeStatus) -> None:
         """Sets the gauges that follow the node status (pins, set generations)."""

@@ -1,14 +1,28 @@
-"""OpenTelemetry tracing, off by default at (almost) no cost.
+"""OpenTelemetry tracing, off by default at (almost) no cost, configured as the OpenTelemetry
+specification says.
 
-Configured by the standard variables (`OTEL_SERVICE_NAME`, `OTEL_EXPORTER_OTLP_ENDPOINT` or
-`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, `OTEL_TRACES_SAMPLER[_ARG]`, `OTEL_RESOURCE_ATTRIBUTES`,
-`OTEL_SDK_DISABLED`) or the matching flags: tracing is on when an OTLP endpoint is known.
-Export is OTLP/gRPC through a batch processor; sampling is parent-based (the SDK default,
-or what OTEL_TRACES_SAMPLER says); `shutdown()` flushes. W3C trace context travels in gRPC
-metadata through the OpenTelemetry gRPC interceptors (coordinator -> agent -> CRI runtime).
+Tracing is on when an OTLP endpoint is known (the `--otlp-endpoint` flag, else
+`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, else `OTEL_EXPORTER_OTLP_ENDPOINT`) and not turned off
+(`OTEL_SDK_DISABLED=true`, `OTEL_TRACES_EXPORTER=none`). The protocol is
+`OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`, else `OTEL_EXPORTER_OTLP_PROTOCOL`: `grpc` (the default,
+as in every earlier pinsvc) or `http/protobuf` (the flag's or OTEL_EXPORTER_OTLP_ENDPOINT's
+URL is then a base: spans go to its `/v1/traces`; the TRACES variable is used as it is); any
+other value stops the program with an error naming it, never silently ignored. The resource
+holds the program's defaults (`service.name`, `service.version`, and what the caller adds,
+e.g. the agent's `host.name` and `k8s.node.name`) under what `OTEL_RESOURCE_ATTRIBUTES` and
+`OTEL_SERVICE_NAME` say: the environment wins, OTEL_SERVICE_NAME over both. Export goes
+through a batch processor; sampling is parent-based (the SDK default, or what
+OTEL_TRACES_SAMPLER says); `shutdown()` flushes. W3C trace context travels in gRPC metadata
+through the OpenTelemetry gRPC interceptors (coordinator -> agent -> CRI runtime).
+
+Attribute names follow the semantic conventions where one exists (`container.image.name`,
+`oci.manifest.digest`, `k8s.node.name`, `file.path`, `error.type`; on CLIENT spans
+`server.address`/`server.port`, and for HTTP `http.request.method`, `url.full`,
+`http.response.status_code`); pinsvc's own are under `pinsvc.`.
 
 When off, nothing of the SDK is imported and `span()` is a shared no-op context manager.
-Never put credentials in attributes: only image references, digests, hosts and numbers.
+Never put credentials in attributes: only image references, digests, hosts and numbers
+(`url.full` loses any user info, and the values of signed-URL query parameters).
 """
 
 from __future__ import annotations
@@ -16,10 +30,22 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 from collections.abc import Iterator, Mapping
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from pinsvc import version
+from pinsvc.errors import InvalidArgument
 
 log = logging.getLogger("pinsvc.tracing")
+
+PROTOCOLS = ("grpc", "http/protobuf")
+"""The OTLP protocols pinsvc exports with (http/json has no Python exporter)."""
+_SIGNED = frozenset({"awsaccesskeyid", "signature", "sig", "x-goog-signature", "x-amz-signature",
+                     "x-amz-credential", "x-amz-security-token", "token", "access_token"})
+"""Query parameters whose values are secrets (signed blob URLs, tokens): REDACTED in url.full."""
+_REGISTRY_PATH = re.compile(r"^/v2/(?P<name>.+)/(?P<kind>manifests|blobs)/[^/]+$")
 
 _tracer = None  # an SDK tracer when tracing is on
 _provider = None
@@ -32,30 +58,54 @@ def enabled() -> bool:
 
 def setup(service_name: str, *, endpoint: str = "", attributes: Mapping[str, str] | None = None) -> bool:
     """Turns tracing on when an OTLP endpoint is given (flag, or the OTEL_ variables) and the
-    SDK is not disabled. Returns whether tracing is on."""
+    SDK is not disabled; `service_name` and `attributes` are the resource's defaults (the
+    environment wins). Returns whether tracing is on; raises InvalidArgument naming a
+    protocol it cannot speak."""
     global _tracer, _provider
-    endpoint = (endpoint or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-                or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", ""))
-    if not endpoint or os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true" \
-            or os.environ.get("OTEL_TRACES_EXPORTER", "otlp").lower() == "none":
+    if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true" \
+            or os.environ.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower() == "none":
+        return False
+    protocol = _protocol()
+    url, base = endpoint, True
+    if not url and (url := os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()):
+        base = False
+    url = url or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
+    if not url:
         return False
     from opentelemetry import trace
-    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+    from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, OTELResourceDetector, Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    resource = Resource.create({**(attributes or {})})  # + OTEL_RESOURCE_ATTRIBUTES
-    if not os.environ.get("OTEL_SERVICE_NAME"):
-        resource = resource.merge(Resource({SERVICE_NAME: service_name}))
+    defaults = {SERVICE_NAME: service_name, SERVICE_VERSION: version(), **(attributes or {})}
+    # Resource.create puts its arguments over the environment; the environment must win.
+    resource = Resource.create(defaults).merge(OTELResourceDetector().detect())
     _provider = TracerProvider(resource=resource)  # sampler: OTEL_TRACES_SAMPLER, default parent-based
     _use_level1_trace_context()
-    insecure = endpoint.startswith("http://") or not endpoint.startswith("https://")
-    _provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, insecure=insecure)))
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+        insecure = not url.startswith("https://")
+        exporter = OTLPSpanExporter(endpoint=url, insecure=insecure)
+    else:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        url = url.rstrip("/") + "/v1/traces" if base else url
+        exporter = OTLPSpanExporter(endpoint=url)
+    _provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(_provider)
-    _tracer = trace.get_tracer("pinsvc")
-    log.info("tracing on: OTLP/gRPC to %s as %s", endpoint, resource.attributes.get(SERVICE_NAME))
+    _tracer = trace.get_tracer("pinsvc", version())
+    log.info("tracing on: OTLP %s to %s as %s", protocol, url, resource.attributes.get(SERVICE_NAME))
     return True
+
+
+def _protocol() -> str:
+    """The OTLP protocol the environment asks for (grpc when it says nothing)."""
+    for variable in ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
+        if value := os.environ.get(variable, "").strip():
+            if value not in PROTOCOLS:
+                raise InvalidArgument(f"{variable}={value!r}: traces are exported over OTLP {' or '.join(PROTOCOLS)} "
+                                      f"only; set one of those (or unset it: grpc)")
+            return value
+    return "grpc"
 
 
 def _use_level1_trace_context() -> None:
@@ -107,16 +157,17 @@ def current():
     return trace.get_current_span()
 
 
-def set_attributes(**attributes: Any) -> None:
+def set_attributes(attributes: Mapping[str, Any] | None = None, /, **more: Any) -> None:
+    """Attributes of the current span: a mapping (dotted names) and/or keywords."""
     s = current()
     if s is not None:
-        s.set_attributes(_clean(attributes))
+        s.set_attributes(_clean({**(attributes or {}), **more}) or {})
 
 
-def add_event(name: str, **attributes: Any) -> None:
+def add_event(name: str, attributes: Mapping[str, Any] | None = None, /, **more: Any) -> None:
     s = current()
     if s is not None:
-        s.add_event(name, _clean(attributes))
+        s.add_event(name, _clean({**(attributes or {}), **more}))
 
 
 def set_error(error: BaseException | str) -> None:
@@ -130,12 +181,32 @@ def set_error(error: BaseException | str) -> None:
         s.set_attribute("error.type", type(error).__name__)
 
 
-def client_interceptors() -> list:
-    """gRPC aio client interceptors that make client spans and send the trace context."""
+def image_attributes(image: str) -> dict[str, str]:
+    """The attributes of an image reference `host/path@sha256:...`: `container.image.name`
+    (without the digest), `oci.manifest.digest` and, whole, `pinsvc.image`."""
+    name, _, digest = image.rpartition("@")
+    return {"container.image.name": name or image, "oci.manifest.digest": digest or None, "pinsvc.image": image}
+
+
+def server_attributes(target: str) -> dict[str, Any]:
+    """`server.address` and `server.port` of a gRPC target (`host:port`, `[v6]:port`), or the
+    socket path and `network.transport` unix of `unix:/path` / `unix:///path`."""
+    if target.startswith("unix:"):
+        return {"server.address": "/" + target.removeprefix("unix:").lstrip("/"), "network.transport": "unix"}
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        return {"server.address": target}
+    return {"server.address": host.removeprefix("[").removesuffix("]"), "server.port": int(port)}
+
+
+def client_interceptors(target: str = "") -> list:
+    """gRPC aio client interceptors that make CLIENT spans, with the server's address when
+    `target` is given, and send the trace context."""
     if _tracer is None:
         return []
     from opentelemetry.instrumentation.grpc import aio_client_interceptors
-    return list(aio_client_interceptors())
+    where = server_attributes(target) if target else {}
+    return list(aio_client_interceptors(request_hook=(lambda span, _: span.set_attributes(where)) if where else None))
 
 
 def server_interceptors() -> list:
@@ -143,6 +214,63 @@ def server_interceptors() -> list:
         return []
     from opentelemetry.instrumentation.grpc import aio_server_interceptor
     return [aio_server_interceptor()]
+
+
+def http_trace_configs() -> list:
+    """aiohttp trace configs that make a CLIENT span of each HTTP request (registries and
+    their token servers), named and described as the HTTP semantic conventions say; [] when
+    tracing is off."""
+    if _tracer is None:
+        return []
+    import aiohttp
+    from opentelemetry.trace import SpanKind, Status, StatusCode
+
+    async def started(session, context, params) -> None:
+        url = params.url
+        template = url_template(url.path)
+        context.span = _tracer.start_span(
+            f"{params.method} {template}" if template else params.method, kind=SpanKind.CLIENT,
+            attributes=_clean({"http.request.method": params.method, "url.full": url_full(str(url)),
+                               "url.template": template, "server.address": url.host, "server.port": url.port}))
+
+    async def ended(session, context, params) -> None:
+        status = params.response.status
+        context.span.set_attribute("http.response.status_code", status)
+        if status >= 400:
+            context.span.set_attribute("error.type", str(status))
+            context.span.set_status(Status(StatusCode.ERROR))
+        context.span.end()
+
+    async def failed(session, context, params) -> None:
+        context.span.set_attribute("error.type", type(params.exception).__qualname__)
+        context.span.set_status(Status(StatusCode.ERROR, str(params.exception)[:500]))
+        context.span.end()
+
+    config = aiohttp.TraceConfig()
+    config.on_request_start.append(started)
+    config.on_request_end.append(ended)
+    config.on_request_exception.append(failed)
+    return [config]
+
+
+def url_template(path: str) -> str | None:
+    """The low-cardinality form of a registry API path (`/v2/{name}/manifests/{reference}`,
+    `/v2/{name}/blobs/{digest}`), None for any other path."""
+    match = _REGISTRY_PATH.match(path)
+    if match is None:
+        return None
+    return "/v2/{name}/manifests/{reference}" if match["kind"] == "manifests" else "/v2/{name}/blobs/{digest}"
+
+
+def url_full(url: str) -> str:
+    """`url` without user info, with the values of secret query parameters REDACTED."""
+    parts = urlsplit(url)
+    netloc = parts.netloc.rpartition("@")[2]
+    query = parts.query
+    if query:
+        query = urlencode([(k, "REDACTED" if k.lower() in _SIGNED else v)
+                           for k, v in parse_qsl(query, keep_blank_values=True)], safe=":/")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def trace_ids() -> tuple[str, str] | None:

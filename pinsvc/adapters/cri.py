@@ -57,7 +57,7 @@ class CriClient:
         self.timeout = timeout or None
         self.connect_wait = connect_wait
         self.fs_info_backoff = fs_info_backoff
-        self._channel = grpc.aio.insecure_channel(target(endpoint), interceptors=tracing.client_interceptors(), options=[
+        self._channel = grpc.aio.insecure_channel(target(endpoint), interceptors=tracing.client_interceptors(target(endpoint)), options=[
             ("grpc.max_receive_message_length", _MAX_MESSAGE),
             # Reconnect quickly after a runtime restart.
             ("grpc.initial_reconnect_backoff_ms", 100),

@@ -242,6 +242,8 @@ async def serve(settings: Settings, *, ready: Callable[[], None] | None = None,
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     if watched:
         agent.runtime_health.subscribe(_follow_runtime(health_servicer))
+        if metrics is not None:
+            agent.runtime_health.subscribe(lambda runtime: metrics.observe_runtime(runtime.reachable))
     if metrics_server:
         metrics.observe_status(await agent.status())  # pins and generations from the start (restarts)
         await metrics_server.start()

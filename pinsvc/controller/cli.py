@@ -61,7 +61,7 @@ def parser() -> argparse.ArgumentParser:
     lead.add_argument("--renew-deadline", type=int, default=10, help="seconds")
     lead.add_argument("--retry-period", type=int, default=2, help="seconds")
     p.add_argument("--log-level", default="info", help="debug, info, warning or error")
-    p.add_argument("--otlp-endpoint", default="", help="OTLP/gRPC endpoint for traces (default: OTEL_EXPORTER_OTLP_ENDPOINT)")
+    p.add_argument("--otlp-endpoint", default="", help="OTLP endpoint for traces (gRPC unless OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf; default: OTEL_EXPORTER_OTLP_ENDPOINT)")
     add_tls_arguments(p)
     return p
 

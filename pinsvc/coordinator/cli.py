@@ -229,7 +229,7 @@ def parser() -> console.Parser:
     console.add_version(p, "pinctl")
     p.add_argument("--log-level", default="warning", help="debug, info, warning or error")
     p.add_argument("--otlp-endpoint", default="",
-                   help="OTLP/gRPC endpoint for traces, e.g. http://127.0.0.1:4317 (default: OTEL_EXPORTER_OTLP_ENDPOINT; unset = off)")
+                   help="OTLP endpoint for traces, e.g. http://127.0.0.1:4317 (gRPC unless OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf; default: OTEL_EXPORTER_OTLP_ENDPOINT; unset = off)")
     add_tls_arguments(p)
     sub = p.add_subparsers(dest="command", required=True)
 

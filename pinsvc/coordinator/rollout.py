@@ -207,8 +207,8 @@ class Rollout:
 
     async def run(self) -> None:
         try:
-            with tracing.span("rollout", {"pools": [p.name for p in self.plans],
-                                          "nodes": sum(len(p.targets) for p in self.plans)}):
+            with tracing.span("rollout", {"pinsvc.pools": [p.name for p in self.plans],
+                                          "pinsvc.nodes": sum(len(p.targets) for p in self.plans)}):
                 if self.options.preflight:
                     with tracing.span("preflight"):
                         await self._preflight()
@@ -220,7 +220,8 @@ class Rollout:
             await asyncio.shield(self.aclose())
 
     async def _traced_pool(self, plan: PoolPlan) -> None:
-        with tracing.span("pool", {"pool": plan.name, "nodes": len(plan.targets), "paused": plan.paused}):
+        with tracing.span("pool", {"pinsvc.pool": plan.name, "pinsvc.nodes": len(plan.targets),
+                                   "pinsvc.pool.paused": plan.paused}):
             await self._pool(plan)
             if plan.name in self.aborted:
                 tracing.set_error(self.aborted[plan.name])
@@ -290,10 +291,11 @@ class Rollout:
 
     async def _node(self, target: Target) -> bool:
         """Brings one node to its sets; True when it is updated."""
-        with tracing.span("node", {"node": target.node, "pool": target.pool, "endpoint": target.endpoint,
-                                   "sets": [s.name for s in target.sets]}):
+        with tracing.span("node", {"k8s.node.name": target.node, "pinsvc.pool": target.pool,
+                                   "pinsvc.agent.endpoint": target.endpoint,
+                                   "pinsvc.sets": [s.name for s in target.sets]}):
             ok = await self._node_body(target)
-            tracing.set_attributes(result=self.record.node(target).state)
+            tracing.set_attributes({"pinsvc.result": self.record.node(target).state})
             if not ok:
                 tracing.set_error(self.record.node(target).reason)
             return ok

@@ -145,9 +145,10 @@ class Agent:
             await asyncio.wait([previous])
         async with self._lock:
             try:
-                with tracing.span("apply", {"node": self.settings.node_name, "sets": [s.name for s in sets],
-                                            "generations": [s.generation for s in sets],
-                                            "images": len(union(sets))}):
+                with tracing.span("apply", {"k8s.node.name": self.settings.node_name,
+                                            "pinsvc.sets": [s.name for s in sets],
+                                            "pinsvc.generations": [s.generation for s in sets],
+                                            "pinsvc.images": len(union(sets))}):
                     return await self._apply(sets, emit, parallelism, attempt_timeout)
             except asyncio.CancelledError:
                 self.state.cancel_apply()
@@ -189,12 +190,13 @@ class Agent:
         if not self.settings.space.enabled or all(i in present for i in images):
             return
         start = time.monotonic()
-        with tracing.span("space check", {"images": len(images), "present": len(present)}):
+        with tracing.span("space check", {"pinsvc.images": len(images), "pinsvc.images.present": len(present)}):
             plan, failed = await self.space.plan(images, present, listed)
             layers_shared = sum(p.layers_shared for p in plan.images)
-            tracing.set_attributes(compressed_bytes=plan.compressed_bytes, required_bytes=plan.required_bytes,
-                                   free_bytes=plan.free_bytes, layers_already_present=layers_shared,
-                                   fits=plan.fits, unsized=len(failed))
+            tracing.set_attributes({
+                "pinsvc.compressed_bytes": plan.compressed_bytes, "pinsvc.required_bytes": plan.required_bytes,
+                "pinsvc.free_bytes": plan.free_bytes, "pinsvc.layers.present": layers_shared,
+                "pinsvc.fits": plan.fits, "pinsvc.images.unsized": len(failed)})
             if not plan.fits:
                 tracing.set_error(plan.verdict)
         for image, error in failed.items():

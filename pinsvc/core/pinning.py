@@ -31,9 +31,9 @@ class Pinner:
         """Makes the drop-in list `pins`, reloads and verifies that the runtime pins them and
         no longer pins `unpinned`; restores the old drop-in on failure (and raises)."""
         start = time.monotonic()
-        with tracing.span("drop-in write", {"path": str(self.dropin.path), "images": len(pins)}):
+        with tracing.span("drop-in write", {"file.path": str(self.dropin.path), "pinsvc.images": len(pins)}):
             result = await self.dropin.write(pins)
-            tracing.set_attributes(changed=result.changed, removed=result.removed)
+            tracing.set_attributes({"pinsvc.dropin.changed": result.changed, "pinsvc.dropin.removed": result.removed})
         if result.changed:
             what = "removed" if result.removed else f"written with {len(pins)} images"
             emit(StageEvent(StageKind.DROPIN_WRITTEN, f"{self.dropin.path} {what}", time.monotonic() - start))
@@ -64,15 +64,15 @@ class Pinner:
         emit(StageEvent(StageKind.PINS_VERIFIED, report.message(), report.duration_seconds))
 
     async def reload(self, emit: Emit) -> None:
-        with tracing.span("reload", {"strategy": self.strategy}):
+        with tracing.span("reload", {"pinsvc.reload.strategy": self.strategy}):
             reloaded = await self.reloader.reload()
-            tracing.set_attributes(detail=reloaded.detail)
+            tracing.set_attributes({"pinsvc.reload.detail": reloaded.detail})
         emit(StageEvent(StageKind.RUNTIME_RELOADED, reloaded.detail, reloaded.duration_seconds))
 
     async def verify(self, pins: list[str], unpinned: list[str]) -> VerifyReport:
-        with tracing.span("verify", {"pinned": len(pins), "unpinned": len(unpinned)}):
+        with tracing.span("verify", {"pinsvc.images.pinned": len(pins), "pinsvc.images.unpinned": len(unpinned)}):
             report = await self._verify(pins, unpinned)
-            tracing.set_attributes(ok=report.ok, repulled=len(report.repulled))
+            tracing.set_attributes({"pinsvc.verified": report.ok, "pinsvc.images.repulled": len(report.repulled)})
             if not report.ok:
                 tracing.set_error(report.message())
             return report

@@ -218,12 +218,10 @@ class Puller:
     async def _fly(self, flight: _Flight, call: _Call, after: asyncio.Task | None) -> _Outcome:
         """The traced pull of one image: a `pull` span (child of the caller's span) with one
         `attempt` span per attempt and an event per retry."""
-        host, _, rest = flight.image.partition("/")
-        with tracing.span("pull", {"image": flight.image, "registry": host,
-                                   "image.digest": rest.rpartition("@")[2]}):
+        with tracing.span("pull", tracing.image_attributes(flight.image)):
             outcome = await self._fly_attempts(flight, call, after)
-            tracing.set_attributes(attempts=outcome.attempts, queue_wait_seconds=outcome.queue_wait,
-                                   result="pulled" if outcome.error is None else "failed")
+            tracing.set_attributes({"pinsvc.attempts": outcome.attempts, "pinsvc.queue_wait_seconds": outcome.queue_wait,
+                                    "pinsvc.result": "pulled" if outcome.error is None else "failed"})
             if outcome.error is not None:
                 tracing.set_error(outcome.error)
             return outcome
@@ -236,7 +234,8 @@ class Puller:
         def retrying(attempt: int, error: Exception, delay: float) -> None:
             flight.broadcast(ImageEvent(flight.image, Kind.RETRYING, attempt=attempt, reason=str(error),
                                         retry_in_seconds=delay, error_class=errors.error_class(error)))
-            tracing.add_event("retry", attempt=attempt, reason=str(error), retry_in_seconds=delay)
+            tracing.add_event("retry", {"pinsvc.attempt": attempt, "pinsvc.reason": str(error),
+                                        "pinsvc.retry_in_seconds": delay})
 
         try:
             duration = await retry(lambda _: self._attempt(flight, call), self._settings.backoff,
@@ -257,7 +256,7 @@ class Puller:
             flight.queue_wait += waited
             flight.broadcast(ImageEvent(flight.image, Kind.PULLING, attempt=flight.attempts,
                                         queue_wait_seconds=waited))
-            with tracing.span("attempt", {"attempt": flight.attempts, "queue_wait_seconds": waited}):
+            with tracing.span("attempt", {"pinsvc.attempt": flight.attempts, "pinsvc.queue_wait_seconds": waited}):
                 duration, error = await self._attempt_in_slot(flight, call, loop)
                 if error is not None:
                     tracing.set_error(error)

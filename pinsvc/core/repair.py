@@ -75,8 +75,9 @@ class DriftRepairer:
         emit = self.metrics.observer(_ignore)
         failed: dict[str, str] = {}  # image -> why it is not pinned again
         error = ""  # why the repair as a whole failed
-        with tracing.span("drift repair", {"node": self.node, "kinds": sorted({k for k, _ in findings}),
-                                           "images": len(pinned)}):
+        with tracing.span("drift repair", {"k8s.node.name": self.node,
+                                           "pinsvc.drift.kinds": sorted({k for k, _ in findings}),
+                                           "pinsvc.images": len(pinned)}):
             try:
                 if found.removed:
                     results = await self.puller.pull_all(list(found.removed), on_event=self._follow(emit),

@@ -162,9 +162,9 @@ class RegistryClient:
     async def _fetch(self, ref: ImageRef, digest: str) -> bytes:
         """GET the manifest, map failures to the error tree, verify the digest."""
         url = f"{self._transport.base_url(ref.host)}/v2/{ref.path}/manifests/{digest}"
-        with tracing.span("GET manifest", {"image": str(ref), "registry": ref.host, "manifest.digest": digest}):
+        # the HTTP requests (token, manifest, retries) are CLIENT spans of their own (tracing.http_trace_configs)
+        with tracing.span("manifest", {**tracing.image_attributes(str(ref)), "oci.manifest.digest": digest}):
             reply = await self._auth.get(ref, url)
-            tracing.set_attributes(**{"http.response.status_code": reply.status})
             if reply.status != 200:
                 tracing.set_error(f"HTTP {reply.status}")
         if reply.status != 200:

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from multidict import CIMultiDictProxy
 
+from pinsvc import tracing
 from pinsvc.errors import RegistryError
 from pinsvc.refs import ImageRef
 from pinsvc.retry import Backoff, retry
@@ -91,7 +92,8 @@ class Transport:
             # aiohttp, not httpx: a manifest GET costs ~0.25 ms of CPU instead of ~2 ms, and the
             # space check fetches one per image on the critical path of every Apply.
             # trust_env: honour HTTP(S)_PROXY / NO_PROXY like the runtime does.
-            self._session = aiohttp.ClientSession(timeout=self._timeout, trust_env=True)
+            self._session = aiohttp.ClientSession(timeout=self._timeout, trust_env=True,
+                                                  trace_configs=tracing.http_trace_configs())
         async with self._slots:
             try:
                 async with self._session.request(method, url, **kwargs) as response:
