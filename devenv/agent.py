@@ -20,7 +20,9 @@ from devenv.registry import Registry
 
 class AgentProcess:
     """`pinsvc agent` as a subprocess against a devenv CRI-O, in its own session (a Ctrl-C
-    reaches only the caller, which stops it). Flag values: a string, True/False for
+    reaches only the caller, which stops it). It reads that CRI-O's registries
+    configuration and, as its pull secret, CRI-O's `global_auth_file` (as on a node, where
+    both are the kubelet's config.json). Flag values: a string, True/False for
     `--flag`/`--no-flag`, or None for a bare `--flag`."""
 
     profile: Path | None = None  # run under cProfile, writing here (main thread only)
@@ -40,7 +42,9 @@ class AgentProcess:
             "reload-strategy": "signal",
             "reload-pidfile": str(crio.pidfile),
             "registry-insecure": registry.host,
-            "registry-pull-secret": str(workdir / "config.json"),
+            "registry-pull-secret": str(crio.auth_file),
+            "registry-registries-conf": str(crio.registries_conf),
+            "registry-registries-conf-dirs": str(crio.registries_conf_dir),
             "pull-backoff-initial-seconds": "0.2",
             "pull-backoff-max-seconds": "0.5",
             "pull-max-attempts": "3",

@@ -226,6 +226,18 @@ class Crio:
         return self.root / "registries.conf"
 
     @property
+    def registries_conf_dir(self) -> Path:
+        """The registries.conf.d drop-in directory (mirrors, as ImageDigestMirrorSets)."""
+        return self.root / "registries.conf.d"
+
+    @property
+    def auth_file(self) -> Path:
+        """CRI-O's `global_auth_file` (a docker config.json, as the kubelet's pull secret on
+        a node): where it finds the credentials of a mirror on another host. It need not
+        exist."""
+        return self.root / "auth.json"
+
+    @property
     def pidfile(self) -> Path:
         """Holds CRI-O's PID while it runs (what a reloader sends SIGHUP to)."""
         return self.root / "crio.pid"
@@ -305,6 +317,7 @@ class Crio:
                     },
                 },
                 "image": {
+                    "global_auth_file": str(self.auth_file),
                     "signature_policy": str(self.root / "policy.json"),
                     "signature_policy_dir": self._dir("policies"),
                     "namespaced_auth_dir": self._dir("auth"),  # created at start
@@ -334,7 +347,7 @@ class Crio:
         self.config_path.write_text(self.render_config())
         self.dropin_dir.mkdir(exist_ok=True)
         self.registries_conf.write_text(self.render_registries_conf())
-        (self.root / "registries.conf.d").mkdir(exist_ok=True)
+        self.registries_conf_dir.mkdir(exist_ok=True)
         policy = {"default": [{"type": "insecureAcceptAnything"}]}
         (self.root / "policy.json").write_text(json.dumps(policy) + "\n")
         # CRI-O starts from containers/storage's defaults (storage.conf) before applying
@@ -358,7 +371,7 @@ class Crio:
             "--config", str(self.config_path),
             "--config-dir", str(self.dropin_dir),
             "--registries-conf", str(self.registries_conf),
-            "--registries-conf-dir", str(self.root / "registries.conf.d"),
+            "--registries-conf-dir", str(self.registries_conf_dir),
             "--log-level", "info",
         ]  # fmt: skip
 

@@ -42,11 +42,17 @@ class Registry:
 
     `htpasswd` maps usernames to passwords; when given, the registry requires HTTP basic
     auth for every request (bcrypt hashes written by `htpasswd -B`, apache2-utils).
+    `tls` (certificate, key) serves HTTPS instead of plain HTTP. `access_log` writes one
+    line per request, and the registry's info lines (`auth.user.name` of each authenticated
+    request), to its log.
     """
 
-    def __init__(self, root: Path, *, htpasswd: dict[str, str] | None = None) -> None:
+    def __init__(self, root: Path, *, htpasswd: dict[str, str] | None = None,
+                 tls: tuple[Path, Path] | None = None, access_log: bool = False) -> None:
         self.root = Path(root)
         self.htpasswd = dict(htpasswd) if htpasswd else None
+        self.tls = tls
+        self.access_log = access_log
         self._secret = secrets.token_hex(16)
         self._port: int | None = None
         self._process: subprocess.Popen[bytes] | None = None
@@ -76,8 +82,8 @@ class Registry:
 
     @property
     def url(self) -> str:
-        """`http://127.0.0.1:PORT`, the base URL of the HTTP API."""
-        return f"http://{self.host}"
+        """`http://127.0.0.1:PORT` (`https://` with `tls`), the base URL of the HTTP API."""
+        return f"{'https' if self.tls else 'http'}://{self.host}"
 
     @property
     def running(self) -> bool:
@@ -164,6 +170,8 @@ class Registry:
             addr=self.host,
             secret=self._secret,
             htpasswd_path=self._write_htpasswd() if self.htpasswd else None,
+            tls=self.tls,
+            access_log=self.access_log,
         )
         self.config_path.write_text(json.dumps(config, indent=2) + "\n")
 
@@ -186,7 +194,7 @@ class Registry:
                     f"during start; log {self.log_path}:\n{self.log_tail()}"
                 )
             try:
-                status = httpx.get(f"{self.url}/v2/", timeout=1.0).status_code
+                status = httpx.get(f"{self.url}/v2/", timeout=1.0, verify=False).status_code
             except httpx.TransportError as e:
                 last = repr(e)
             else:
@@ -200,17 +208,21 @@ class Registry:
         )
 
 
-def render_config(*, data_dir: Path, addr: str, secret: str, htpasswd_path: Path | None) -> dict:
+def render_config(*, data_dir: Path, addr: str, secret: str, htpasswd_path: Path | None,
+                  tls: tuple[Path, Path] | None = None, access_log: bool = False) -> dict:
     """The registry configuration as a dict (written as JSON, which YAML parsers accept)."""
     config: dict = {
         "version": "0.1",
-        "log": {"level": "warn", "formatter": "text", "accesslog": {"disabled": True}},
+        "log": {"level": "info" if access_log else "warn", "formatter": "text",
+                "accesslog": {"disabled": not access_log}},
         "storage": {
             "filesystem": {"rootdirectory": str(data_dir)},
             "delete": {"enabled": True},
         },
         "http": {"addr": addr, "secret": secret},
     }
+    if tls is not None:
+        config["http"]["tls"] = {"certificate": str(tls[0]), "key": str(tls[1])}
     if htpasswd_path is not None:
         config["auth"] = {"htpasswd": {"realm": "pinsvc-test", "path": str(htpasswd_path)}}
     return config

@@ -54,6 +54,7 @@ class SpaceSettings:
     decompression_factor: float = _f(2.0, "bytes on disk per compressed byte pulled")
     min_free_bytes: int = _f(16 * GiB, "bytes that must stay free after the pulls")
     max_usage_percent: float = _f(85.0, "usage after the pulls may not exceed this (kubelet GC high threshold)")
+    deadline_seconds: float = _f(30.0, "bound of a whole space check (seconds, 0 = none): images whose manifest no registry served by then fail, naming the endpoint waited on")
 
 
 @dataclass(frozen=True)
@@ -92,9 +93,12 @@ class VerifySettings:
 
 @dataclass(frozen=True)
 class RegistrySettings:
-    insecure: tuple[str, ...] = _f((), "registry hosts (host:port) reached over plain HTTP")
-    pull_secret: Path = _f(Path("/var/lib/kubelet/config.json"), "kubelet pull secret (docker config.json format)")
-    timeout_seconds: float = _f(30.0, "bound of one manifest request")
+    insecure: tuple[str, ...] = _f((), "registry hosts (host:port) treated as insecure, as `insecure = true` in registries.conf would: HTTPS without certificate verification, then plain HTTP")
+    pull_secret: Path = _f(Path("/var/lib/kubelet/config.json"), "kubelet pull secret (docker config.json format; CRI-O's global_auth_file, where it finds a mirror's credentials)")
+    registries_conf: Path = _f(Path(""), "registries.conf the runtime reads ('' = that of the CRI-O serving cri_endpoint: its --registries-conf or CONTAINER_REGISTRIES_CONF, else $HOME/.config/containers/registries.conf if it exists, else /etc/containers/registries.conf)")
+    registries_conf_dirs: tuple[str, ...] = _f((), "registries.conf.d directories, read in order ('' = those of that CRI-O: its --registries-conf-dir or CONTAINER_REGISTRIES_CONF_DIR, else /etc/containers/registries.conf.d and $HOME/.config/containers/registries.conf.d)")
+    certs_dirs: tuple[str, ...] = _f((), "certs.d directories of per-registry TLS files, the first with an entry for a host wins ('' = $HOME/.config/containers/certs.d, /etc/containers/certs.d, /etc/docker/certs.d, $HOME being that CRI-O's)")
+    timeout_seconds: float = _f(10.0, "bound of one request to one registry endpoint (seconds, 0 = none); a mirror that does not answer in time gives way to the next")
     max_concurrency: int = _f(16, "manifest requests in flight")
     backoff: Backoff = _backoff(Backoff(initial_seconds=0.5, factor=2.0, max_seconds=10.0, jitter=0.0, attempts=3),
                                 "manifest and token requests")
@@ -304,6 +308,10 @@ def validate(s: Settings) -> None:
         problems.append(f"cri_connect_wait_seconds {s.cri_connect_wait_seconds} must be >= 0 (0 = no wait)")
     if not s.cri_health_interval_seconds >= 0:
         problems.append(f"cri_health_interval_seconds {s.cri_health_interval_seconds} must be >= 0 (0 = off)")
+    for name, value in (("space.deadline_seconds", s.space.deadline_seconds),
+                        ("registry.timeout_seconds", s.registry.timeout_seconds)):
+        if not value >= 0:
+            problems.append(f"{name} {value} must be >= 0 (0 = none)")
     if s.space.decompression_factor <= 0:
         problems.append(f"space.decompression_factor {s.space.decompression_factor} must be > 0")
     if not 0 < s.space.max_usage_percent <= 100:

@@ -49,6 +49,9 @@ class ImageEvent:
     retry_in_seconds: float = 0.0
     # RETRYING/FAILED: errors.error_class of `reason` (bounded: for metrics labels).
     error_class: str = ""
+    # PULLED: the registry endpoint that served the image's manifest to the space check
+    # (e.g. a mirror's repository); "" when not known.
+    via: str = ""
 
 
 class StageKind(enum.Enum):
@@ -98,7 +101,20 @@ class PinnedImageSet:
 @dataclass(frozen=True)
 class Layer:
     digest: str
+    """Of the blob as the registry stores it (compressed)."""
     size: int
+    diff_id: str = ""
+    """Of the uncompressed layer, from the image config ("" = not read); what the runtime
+    reports of the images it has."""
+
+
+@dataclass(frozen=True)
+class SizedImage:
+    """What a registry said of one image: its layers for the node's platform and the
+    endpoint that served the manifest ("" = read from the agent's manifest cache)."""
+
+    layers: tuple[Layer, ...]
+    via: str = ""
 
 
 @dataclass(frozen=True)
@@ -109,6 +125,7 @@ class ImagePlan:
     layers: int = 0
     layers_shared: int = 0
     new_bytes: int = 0
+    via: str = ""
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,8 @@ class ApplyProgress:
                 self._done.add(e.image)
                 self._progress.update(self._task, total=len(self._images), completed=len(self._done))
             if e.kind == _K.PULLED:
-                self._say(f"pulled {e.image} in {e.duration_seconds:.2f}s (attempt {e.attempt})")
+                via = f" via {e.via}" if e.via and not e.image.startswith(e.via + "@") else ""
+                self._say(f"pulled {e.image}{via} in {e.duration_seconds:.2f}s (attempt {e.attempt})")
             elif e.kind == _K.FAILED:
                 self._say(f"FAILED {e.image} after {e.attempt} attempts: {e.reason}")
             elif e.kind == _K.RETRYING:

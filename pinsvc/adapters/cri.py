@@ -13,6 +13,7 @@ really gone the call then fails as unreachable, that much later.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 
@@ -105,6 +106,25 @@ class CriClient:
                 return None
             raise self._error(e, f"ImageStatus {image}") from e
         return _image(resp.image) if resp.HasField("image") and resp.image.id else None
+
+    async def image_diff_ids(self, image: str) -> tuple[str, ...]:
+        """The uncompressed layer digests of an image the runtime has (a reference or its
+        id), from the image config that a verbose ImageStatus returns in `info["info"]`
+        (`imageSpec.rootfs.diff_ids`; CRI-O and containerd both put it there); () when the
+        runtime does not have the image or does not say."""
+        await self._ready()
+        request = api_pb2.ImageStatusRequest(image=api_pb2.ImageSpec(image=image), verbose=True)
+        try:
+            resp = await self._stub.ImageStatus(request, timeout=self.timeout)
+        except grpc.aio.AioRpcError as e:
+            if e.code() == grpc.StatusCode.NOT_FOUND:
+                return ()
+            raise self._error(e, f"ImageStatus {image}") from e
+        try:
+            diff_ids = json.loads(resp.info.get("info", "{}"))["imageSpec"]["rootfs"]["diff_ids"]
+        except (ValueError, KeyError, TypeError):
+            return ()
+        return tuple(d for d in diff_ids if isinstance(d, str)) if isinstance(diff_ids, list) else ()
 
     async def list_images(self) -> list[RuntimeImage]:
         await self._ready()

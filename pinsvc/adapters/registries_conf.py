@@ -7,13 +7,14 @@ empty one) and re-reads them whenever any of them changes - a file's mtime, size
 or a drop-in directory's listing - so a new ImageDigestMirrorSet needs no restart. Parsing
 and resolution are pure (`pinsvc.mirrors`).
 
-Defaults are those of a CRI-O started without `--registries-conf`/`--registries-conf-dir`
-(`CONTAINER_REGISTRIES_CONF`/`CONTAINER_REGISTRIES_CONF_DIR`; CRI-O 1.36 has no setting
-for them in crio.conf). Such a CRI-O running as root also reads
-`/root/.config/containers/registries.conf.d` (and `/root/.config/containers/registries.conf`
-instead of the system file, when it exists): add the directory when a node uses it. CRI-O
-reads the files at start and at each reload (SIGHUP), and on file changes only with
-`[crio.image] auto_reload_registries`.
+Which files: `runtime_paths` applies containers/image's rule to the CRI-O serving the node's
+CRI socket (adapters/runtime_process.py): its `--registries-conf`/`--registries-conf-dir`
+flags or `CONTAINER_REGISTRIES_CONF`/`CONTAINER_REGISTRIES_CONF_DIR` variables (CRI-O 1.36
+has no crio.conf setting for them), else `$HOME/.config/containers/registries.conf` when it
+exists (then only its own drop-in directory), else `/etc/containers/registries.conf` with
+`/etc/containers/registries.conf.d` and `$HOME/.config/containers/registries.conf.d`; `$HOME`
+being CRI-O's. CRI-O reads the files at start and at each reload (SIGHUP), and on file
+changes only with `[crio.image] auto_reload_registries`.
 
 `find_tls_files` and `ssl_context` give an endpoint's `certs.d` TLS material.
 """
@@ -23,9 +24,11 @@ from __future__ import annotations
 import logging
 import os
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+from pinsvc.adapters.runtime_process import RuntimeProcess
 from pinsvc.errors import StateError
 from pinsvc.mirrors.certs import TlsFiles, tls_files
 from pinsvc.mirrors.config import RegistriesConfig, load
@@ -40,6 +43,53 @@ DEFAULT_CERTS_DIRS = (Path("~/.config/containers/certs.d"), Path("/etc/container
                       Path("/etc/docker/certs.d"))
 """The runtime's certs.d directories, first match wins (`~` is the agent's home: root's,
 like CRI-O's, on a node)."""
+USER_DIR = Path(".config/containers")
+"""Under a home directory: the per-user registries.conf, registries.conf.d and certs.d."""
+
+
+@dataclass(frozen=True)
+class RegistriesPaths:
+    """Where a runtime reads its registries configuration and per-host TLS material."""
+
+    conf: Path
+    dirs: tuple[Path, ...]
+    certs_dirs: tuple[Path, ...]
+
+    def __str__(self) -> str:
+        return (f"{self.conf} + {', '.join(map(str, self.dirs)) or 'no drop-in directory'}; "
+                f"certs.d {', '.join(map(str, self.certs_dirs))}")
+
+
+def paths_for(conf: str = "", conf_dir: str = "", home: str = "",
+              exists: Callable[[Path], bool] = Path.is_file) -> RegistriesPaths:
+    """The files of a runtime started with `--registries-conf` `conf` and
+    `--registries-conf-dir` `conf_dir` ("" = not given) whose home directory is `home` ("" =
+    unknown: no per-user files), by containers/image's rule (`sysregistriesv2`
+    `newConfigWrapperWithHomeDir`, `docker.dockerCertDir`): a per-user registries.conf that
+    `exists` replaces the system one and its drop-in directory then is the only one."""
+    user = Path(home) / USER_DIR if home else None
+    certs = ((user / "certs.d",) if user else ()) + DEFAULT_CERTS_DIRS[1:]
+    if conf:
+        main = Path(conf)
+    elif user and exists(user / "registries.conf"):
+        return RegistriesPaths(user / "registries.conf", (Path(conf_dir) if conf_dir else user / "registries.conf.d",),
+                               certs)
+    else:
+        main = DEFAULT_REGISTRIES_CONF
+    if conf_dir:
+        dirs: tuple[Path, ...] = (Path(conf_dir),)
+    else:
+        dirs = DEFAULT_REGISTRIES_CONF_DIRS + ((user / "registries.conf.d",) if user else ())
+    return RegistriesPaths(main, dirs, certs)
+
+
+def runtime_paths(process: RuntimeProcess | None) -> RegistriesPaths:
+    """The files the runtime `process` reads (see `paths_for`); without one, those of a
+    runtime started without flags whose home is the agent's own."""
+    if process is None:
+        return paths_for(home=os.path.expanduser("~"))
+    return paths_for(process.setting("registries-conf", "CONTAINER_REGISTRIES_CONF"),
+                     process.setting("registries-conf-dir", "CONTAINER_REGISTRIES_CONF_DIR"), process.home)
 
 _Signature = tuple[tuple[str, tuple[int, int, int, int] | None], ...]
 

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import psutil
 
+from pinsvc.adapters.runtime_process import ProcessNotFound, find_process, matches
 from pinsvc.errors import InvalidArgument, ReloadFailed
 from pinsvc.model import ReloadResult
 
@@ -137,76 +138,20 @@ class Reloader:
             raise ReloadFailed(f"cannot inspect pid {pid} from pidfile {pidfile}: {e}") from e
         # A stale pidfile may name a reused pid: SIGHUP kills most processes, so check the name.
         name = self.settings.process_name
-        if name and not _matches(proc, name):
+        if name and not matches(proc, name):
             raise ReloadFailed(
                 f"pid {pid} from pidfile {pidfile} is {_describe(proc)}, not {name!r} "
                 f"(stale pidfile?); not signalling it")
         return pid
 
     def _find_process(self) -> tuple[int, str]:
-        name = self.settings.process_name
-        if not name:
+        if not self.settings.process_name:
             raise ReloadFailed("reload strategy 'signal' needs a pidfile or a process name")
-        candidates = []
-        for proc in psutil.process_iter():
-            try:
-                if proc.pid != os.getpid() and proc.status() != psutil.STATUS_ZOMBIE and _matches(proc, name):
-                    candidates.append(proc)
-            except psutil.Error:
-                continue
-        pids = sorted(p.pid for p in candidates)
-        if self.cri_socket is not None:
-            holders = [p for p in candidates if _has_socket(p, self.cri_socket)]
-            if len(holders) == 1:
-                return holders[0].pid, f"the {name!r} process with socket {self.cri_socket} open"
-            if not holders:
-                raise ReloadFailed(
-                    f"no {name!r} process has socket {self.cri_socket} open "
-                    f"({name!r} processes: {_pid_list(pids)})")
-            raise ReloadFailed(
-                f"several {name!r} processes have socket {self.cri_socket} open: "
-                f"{_pid_list(sorted(p.pid for p in holders))}; set a pidfile")
-        if len(candidates) == 1:
-            return candidates[0].pid, f"the only {name!r} process"
-        if not candidates:
-            raise ReloadFailed(f"no running process named {name!r} to send SIGHUP to")
-        raise ReloadFailed(f"several processes named {name!r}: {_pid_list(pids)}; "
-                           f"set a pidfile or the CRI socket to pick one")
-
-
-def _matches(proc: psutil.Process, name: str) -> bool:
-    """Whether the process is `name`: its name (comm), executable or argv[0] base name."""
-    try:
-        if proc.name() == name:
-            return True
-    except psutil.Error:
-        pass
-    try:
-        exe = proc.exe()
-        if exe and os.path.basename(exe) == name:
-            return True
-    except psutil.Error:
-        pass
-    try:
-        cmdline = proc.cmdline()
-        return bool(cmdline) and os.path.basename(cmdline[0]) == name
-    except psutil.Error:
-        return False
-
-
-def _has_socket(proc: psutil.Process, socket_path: Path) -> bool:
-    """Whether the process holds a unix socket bound to `socket_path` (reading other
-    processes' sockets needs root)."""
-    wanted = {str(socket_path), os.path.realpath(socket_path)}
-    try:
-        connections = proc.net_connections(kind="unix")
-    except psutil.Error:
-        return False
-    for conn in connections:
-        laddr = conn.laddr if isinstance(conn.laddr, str) else ""
-        if laddr and (laddr in wanted or os.path.realpath(laddr) in wanted):
-            return True
-    return False
+        try:
+            proc, source = find_process(self.settings.process_name, self.cri_socket)
+        except ProcessNotFound as e:
+            raise ReloadFailed(f"{e}: nothing to send SIGHUP to") from None
+        return proc.pid, source
 
 
 def _describe(proc: psutil.Process) -> str:
@@ -214,7 +159,3 @@ def _describe(proc: psutil.Process) -> str:
         return repr(proc.name())
     except psutil.Error:
         return "an unknown process"
-
-
-def _pid_list(pids: list[int]) -> str:
-    return ", ".join(str(p) for p in pids) if pids else "none"

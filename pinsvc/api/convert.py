@@ -33,7 +33,7 @@ def attempt_timeout(options: pb.PullOptions) -> float | None:
 def space_plan_pb(plan: SpacePlan) -> pb.SpacePlan:
     return pb.SpacePlan(
         images=[pb.ImagePlan(image=p.image, present=p.present, compressed_bytes=p.compressed_bytes,
-                             layers=p.layers, layers_shared=p.layers_shared, new_bytes=p.new_bytes)
+                             layers=p.layers, layers_shared=p.layers_shared, new_bytes=p.new_bytes, via=p.via)
                 for p in plan.images],
         compressed_bytes=plan.compressed_bytes, required_bytes=plan.required_bytes,
         free_bytes=plan.free_bytes, total_bytes=plan.total_bytes, mountpoint=plan.mountpoint,
@@ -46,7 +46,7 @@ def image_event_pb(e: ImageEvent) -> pb.ImageEvent:
     return pb.ImageEvent(image=e.image, kind=pb.ImageEvent.Kind.Value(e.kind.name), attempt=e.attempt,
                          bytes=e.bytes, duration_seconds=e.duration_seconds,
                          queue_wait_seconds=e.queue_wait_seconds, reason=e.reason,
-                         retry_in_seconds=e.retry_in_seconds)
+                         retry_in_seconds=e.retry_in_seconds, via=e.via)
 
 
 def event_pb(e: ImageEvent | StageEvent | NodeStatus) -> pb.ApplyEvent:

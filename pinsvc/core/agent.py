@@ -19,15 +19,15 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pinsvc import errors, limits, tracing
 from pinsvc.config import Settings
 from pinsvc.core.health import RuntimeWatch
 from pinsvc.core.pinning import Pinner
 from pinsvc.core.pins import choose_pins, dropin_references
-from pinsvc.core.ports import (ConfigReloader, DropinFile, ImageRuntime, ManifestSource, Metrics, NoMetrics,
-                               PullCredentials)
+from pinsvc.core.ports import (ConfigReloader, DropinFile, ImageRuntime, ImageSources, ManifestSource, Metrics,
+                               NoMetrics, PullCredentials)
 from pinsvc.core.pull import Puller
 from pinsvc.core.repair import DriftRepairer
 from pinsvc.core.space import SpaceChecker, find_present
@@ -53,8 +53,8 @@ class _Run:
 
 class Agent:
     def __init__(self, settings: Settings, *, runtime: ImageRuntime, manifests: ManifestSource,
-                 secret: PullCredentials, dropin: DropinFile, reloader: ConfigReloader, store: StateStore,
-                 metrics: Metrics | None = None):
+                 sources: ImageSources, secret: PullCredentials, dropin: DropinFile, reloader: ConfigReloader,
+                 store: StateStore, metrics: Metrics | None = None):
         self.settings = settings
         self.metrics = NoMetrics() if metrics is None else metrics
         self.runtime = runtime
@@ -67,7 +67,7 @@ class Agent:
         for leftover in dropin.remove_leftovers():
             log.warning("removed %s left by an interrupted write", leftover)
         self._inherit_dropin()
-        self.space = SpaceChecker(runtime, manifests, settings.space)
+        self.space = SpaceChecker(runtime, manifests, sources, settings.space)
         self.puller = Puller(settings.pull, pull=self._pull_one, is_present=self._is_present)
         self.pinner = Pinner(dropin, reloader, settings.reload.strategy, self.verify)
         self.repairer = DriftRepairer(node=settings.node_name, state=self.state, store=store, runtime=runtime,
@@ -211,11 +211,12 @@ class Agent:
 
     async def _pull(self, run: _Run, images: list[str], present: set[str], emit: Emit,
                     parallelism: int, attempt_timeout: float | None) -> None:
-        sizes = {p.image: p.compressed_bytes for p in run.plan.images} if run.plan else {}
+        sized = {p.image: p for p in run.plan.images} if run.plan else {}
 
         def on_event(event: ImageEvent) -> None:
-            if event.kind is ImageEventKind.PULLED:
-                event = ImageEvent(**{**event.__dict__, "bytes": sizes.get(event.image, 0)})
+            if event.kind is ImageEventKind.PULLED and event.image in sized:
+                plan = sized[event.image]
+                event = replace(event, bytes=plan.compressed_bytes, via=plan.via)
             self.state.apply_image_event(event)
             emit(event)
 

@@ -5,12 +5,14 @@ in pinsvc/adapters (put together by pinsvc/wiring.py); unit tests hand in fakes
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
+from pinsvc.mirrors.config import RegistriesConfig
+from pinsvc.mirrors.resolve import Endpoint
 from pinsvc.model import (ApplyOutcome, Credentials, Emit, FsUsage, Layer, NodeStatus, ReloadResult,
-                          RuntimeImage, WriteResult)
+                          RuntimeImage, SizedImage, WriteResult)
 from pinsvc.refs import ImageRef
 
 
@@ -32,21 +34,37 @@ class ImageRuntime(Protocol):
         """The runtime's name and version ("cri-o 1.36.3"); raises RuntimeUnavailable (or
         Timeout) when it does not answer. Cheap: the runtime health watcher asks it."""
 
+    async def image_diff_ids(self, image: str) -> tuple[str, ...]:
+        """The uncompressed digests of the layers (the config's `rootfs.diff_ids`) of an
+        image the runtime has (`image`: a reference or its id); () when it does not say."""
+
     async def close(self) -> None: ...
 
 
-class Layered(Protocol):
-    """An image's manifest, as far as the space check reads it."""
+class ImageSources(Protocol):
+    """Where the runtime pulls an image from: its registries configuration, mirrors
+    included (adapters/registries_conf.py); `pinsvc.mirrors.resolve` turns it into each
+    image's endpoints."""
 
-    @property
-    def layers(self) -> tuple[Layer, ...]: ...
+    def current(self) -> RegistriesConfig:
+        """The configuration as the runtime's files hold it now; blocking (stats the files,
+        re-reads changed ones). Raises StateError naming a malformed file."""
 
 
 class ManifestSource(Protocol):
-    """Image manifests from the registries (adapters/registry.py)."""
+    """Image manifests from the registries (adapters/registry/client.py)."""
 
-    async def many(self, refs: Iterable[ImageRef]) -> Mapping[ImageRef, Layered | Exception]:
-        """The manifest of each image, or why it could not be read."""
+    async def many(self, wanted: Mapping[ImageRef, Sequence[Endpoint]], *, diff_ids: bool = False,
+                   timeout: float | None = None) -> Mapping[ImageRef, SizedImage | Exception]:
+        """Per image, its layers from the first of its endpoints (in order; refused ones are
+        not contacted) that serves the manifest, or why none did, naming each endpoint.
+        `diff_ids`: the layers' uncompressed digests too (one more request per image, to
+        the image config). `timeout`: seconds for the whole call (None = unbounded); an
+        image not sized by then fails, naming the endpoint it waited on."""
+
+    async def cached_layers(self, digests: Iterable[str]) -> Mapping[str, tuple[Layer, ...]]:
+        """The layers of the manifests among `digests` that the agent has cached (an index
+        resolved to the node's platform); never contacts a registry."""
 
     async def aclose(self) -> None: ...
 

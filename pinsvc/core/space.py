@@ -1,9 +1,30 @@
 """Space check: will the missing images fit on the image filesystem?
 
-`plan_space` is the pure decision; `SpaceChecker` gathers its inputs: presence from the
-runtime, compressed layer sizes from the registry manifests (fetched concurrently, cached by
-digest), layers already on the node from the manifests of the images the runtime reports,
-and free bytes from statvfs of the mountpoint the runtime's ImageFsInfo names.
+`plan_space` is the pure decision; `SpaceChecker` gathers its inputs, all within one
+deadline (`space.deadline_seconds`):
+- presence from the runtime (ListImages, then ImageStatus for names it does not list);
+- the missing images' compressed layer sizes from their manifests, fetched from the
+  endpoints the runtime pulls them from (registries.conf mirrors in the runtime's order,
+  `pinsvc.mirrors.resolve`): the first endpoint that serves a manifest sizes the image, and
+  the plan names it (`via`), since the runtime pulls from it too;
+- the layers already on the node, from the node only (below);
+- free bytes from statvfs of the mountpoint the runtime's ImageFsInfo names.
+
+Layers already on the node are never asked of a registry: the registry of an unrelated
+image may be down or silent, and it would stall every Apply. Two local sources:
+1. The agent's manifest cache. A present image's repo digest is its manifest digest, and the
+   manifest of every image the agent sized (so of every image it pulled) is kept on disk by
+   digest: it lists the compressed digests of the layers, what the missing images'
+   manifests list. No request at all.
+2. For present images not in that cache (pulled by the kubelet, or before the agent ran),
+   the runtime itself: CRI-O's verbose ImageStatus returns the image config in its `info`
+   (`imageSpec.rootfs.diff_ids`, the uncompressed digests). Comparing them needs the
+   missing images' diff_ids too, from their config blobs: one more request per missing
+   image, made only when such present images exist (never on an empty node) and cached by
+   digest like the manifests. An image id is its config digest, so its diff_ids never
+   change: each image is asked once per agent process (one call per image, which
+   ListImages cannot answer).
+A layer is on the node when its compressed digest or its diff_id is.
 """
 
 from __future__ import annotations
@@ -11,13 +32,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections import Counter
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from pinsvc import errors
 from pinsvc.config import SpaceSettings
-from pinsvc.core.ports import ImageRuntime, ManifestSource
+from pinsvc.core.ports import ImageRuntime, ImageSources, ManifestSource
+from pinsvc.mirrors.resolve import Endpoint, resolve
 from pinsvc.model import ImagePlan, Layer, RuntimeImage, SpacePlan
-from pinsvc.refs import parse_reference, reference_problem
+from pinsvc.refs import ImageRef, parse_reference
+
+LOCAL_CONCURRENCY = 16
+"""Runtime calls in flight at once while reading what the node has."""
+SHOWN_ENDPOINTS = 3
+"""Endpoints other than the images' own registries that a verdict names."""
 
 log = logging.getLogger("pinsvc.space")
 
@@ -45,10 +74,14 @@ def human(n: float) -> str:
     raise AssertionError
 
 
-def plan_space(images: list[str], present: set[str], layers: dict[str, tuple[Layer, ...]],
-               layers_on_node: set[str], fs: FsStat, settings: SpaceSettings) -> SpacePlan:
+def plan_space(images: list[str], present: set[str], layers: Mapping[str, tuple[Layer, ...]],
+               layers_on_node: set[str], fs: FsStat, settings: SpaceSettings,
+               via: Mapping[str, str] | None = None, unsized: int = 0) -> SpacePlan:
     """Decides whether pulling the missing images fits. Each layer is counted once across
-    the request and not at all when the node already has it."""
+    the request and not at all when the node already has it (by compressed digest or
+    diff_id). `via`: the endpoint that served each image; `unsized`: images left out of
+    `images` because they could not be sized (their errors are reported apart)."""
+    via = via or {}
     counted = set(layers_on_node)
     plans, compressed = [], 0
     for image in images:
@@ -56,12 +89,14 @@ def plan_space(images: list[str], present: set[str], layers: dict[str, tuple[Lay
             plans.append(ImagePlan(image, present=True))
             continue
         own = layers[image]
-        new = [layer for layer in own if layer.digest not in counted]
+        new = [layer for layer in own if layer.digest not in counted and layer.diff_id not in counted]
         counted.update(layer.digest for layer in own)
+        counted.update(layer.diff_id for layer in own if layer.diff_id)
         new_bytes = sum(layer.size for layer in new)
         compressed += new_bytes
         plans.append(ImagePlan(image, present=False, compressed_bytes=sum(l.size for l in own),
-                               layers=len(own), layers_shared=len(own) - len(new), new_bytes=new_bytes))
+                               layers=len(own), layers_shared=len(own) - len(new), new_bytes=new_bytes,
+                               via=via.get(image, "")))
     required = int(compressed * settings.decompression_factor)
     free_after = fs.free_bytes - required
     usage_after = 100.0 * (fs.used_bytes + required) / fs.total_bytes if fs.total_bytes else 100.0
@@ -69,7 +104,10 @@ def plan_space(images: list[str], present: set[str], layers: dict[str, tuple[Lay
     numbers = (f"{human(required)} needed ({human(compressed)} compressed x "
                f"{settings.decompression_factor:g}) on {fs.mountpoint}: {human(fs.free_bytes)} free")
     if not missing:
-        fits, verdict = True, f"all {len(plans)} images are present; nothing to pull"
+        fits = True
+        verdict = (f"all {len(plans)} images are present; nothing to pull" if not unsized else
+                   f"{len(plans)} of {len(plans) + unsized} images present; nothing to pull but the "
+                   f"{unsized} that could not be sized")
     elif free_after < settings.min_free_bytes:
         fits = False
         verdict = (f"insufficient space: {numbers}, which would leave {human(max(free_after, 0))}, "
@@ -83,12 +121,28 @@ def plan_space(images: list[str], present: set[str], layers: dict[str, tuple[Lay
         verdict = (f"fits: {numbers}, leaving {human(free_after)} "
                    f"(minimum {human(settings.min_free_bytes)}), usage {usage_after:.1f}% "
                    f"(threshold {settings.max_usage_percent:g}%)")
+    if missing and unsized:
+        verdict += f"; {unsized} more images could not be sized and are left out"
+    verdict += _mirrors_note(plans)
     return SpacePlan(images=tuple(plans), compressed_bytes=compressed, required_bytes=required,
                      free_bytes=fs.free_bytes, total_bytes=fs.total_bytes, mountpoint=fs.mountpoint,
                      decompression_factor=settings.decompression_factor,
                      min_free_bytes=settings.min_free_bytes,
                      max_usage_percent=settings.max_usage_percent,
                      usage_after_percent=usage_after, fits=fits, verdict=verdict, missing=missing)
+
+
+def _mirrors_note(plans: Iterable[ImagePlan]) -> str:
+    """"; sized via <endpoint> (n images), ..." for the images a registry other than
+    their own served (a mirror, or a registries.conf location), "" when none."""
+    others = Counter(p.via for p in plans
+                     if p.via and p.via != parse_reference(p.image).normalized().repository)
+    if not others:
+        return ""
+    shown = [f"{endpoint} ({count} image{'s' if count > 1 else ''})"
+             for endpoint, count in others.most_common(SHOWN_ENDPOINTS)]
+    more = len(others) - len(shown)
+    return "; sized via " + ", ".join(shown) + (f" and {more} more endpoints" if more else "")
 
 
 def present_in(images: list[RuntimeImage]) -> dict[str, RuntimeImage]:
@@ -113,10 +167,13 @@ async def find_present(runtime: ImageRuntime, images: list[str], listed: list[Ru
 
 
 class SpaceChecker:
-    def __init__(self, runtime: ImageRuntime, manifests: ManifestSource, settings: SpaceSettings):
+    def __init__(self, runtime: ImageRuntime, manifests: ManifestSource, sources: ImageSources,
+                 settings: SpaceSettings):
         self.runtime = runtime
         self.manifests = manifests
+        self.sources = sources
         self.settings = settings
+        self._diff_ids: dict[str, tuple[str, ...]] = {}  # image id -> its diff_ids (immutable)
 
     async def filesystem(self) -> FsStat:
         filesystems = await self.runtime.image_fs()
@@ -133,51 +190,88 @@ class SpaceChecker:
                    listed: list[RuntimeImage] | None = None
                    ) -> tuple[SpacePlan, dict[str, errors.PinsvcError]]:
         """The plan for `images` (validated references), and the images that could not be
-        sized with why (e.g. ImageNotFound naming the image); those are left out of the plan."""
+        sized with why (e.g. ImageNotFound naming every endpoint tried); those are left out
+        of the plan. Raises StateError for a malformed registries configuration."""
         if listed is None:
             listed = await self.runtime.list_images()
         if present is None:
             present = await find_present(self.runtime, images, listed)
         missing = [i for i in images if i not in present]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.deadline_seconds if self.settings.deadline_seconds else None
         fs_task = asyncio.ensure_future(self.filesystem())
         try:
-            layers, failed = await self._layers(missing)
-            on_node = await self._layers_on_node(listed) if layers else set()
+            wanted, failed = await self._endpoints(missing)
+            on_node, unknown = await self._cached_on_node(listed) if wanted else (set(), [])
+            left = max(deadline - loop.time(), 0.0) if deadline is not None else None
+            sized, diff_ids = await asyncio.gather(
+                self.manifests.many(wanted, diff_ids=bool(unknown), timeout=left),
+                self._diff_ids_on_node(unknown, listed, left))
             fs = await fs_task
         finally:
             fs_task.cancel()
-        sized = [i for i in images if i not in failed]
-        return plan_space(sized, present, layers, on_node, fs, self.settings), failed
-
-    async def _layers(self, images: list[str]
-                      ) -> tuple[dict[str, tuple[Layer, ...]], dict[str, errors.PinsvcError]]:
-        refs = [parse_reference(i) for i in images]
-        fetched = await self.manifests.many(refs) if refs else {}
-        layers, failed = {}, {}
-        for image, ref in zip(images, refs):
-            result = fetched[ref]
+        layers, via = {}, {}
+        for image in missing:
+            result = sized.get(parse_reference(image)) if image not in failed else None
             if isinstance(result, Exception):
                 failed[image] = errors.combined([result])
-            else:
-                layers[image] = result.layers
-        return layers, failed
+            elif result is not None:
+                layers[image], via[image] = result.layers, result.via
+        kept = [i for i in images if i not in failed]
+        return plan_space(kept, present, layers, on_node | diff_ids, fs, self.settings, via, len(failed)), failed
 
-    async def _layers_on_node(self, listed: list[RuntimeImage]) -> set[str]:
-        """Layer digests of the images the runtime has, from their manifests. An image whose
-        manifest cannot be read (registry gone, foreign name) just counts as no layers."""
-        refs = []
+    async def _endpoints(self, images: list[str]
+                         ) -> tuple[dict[ImageRef, Sequence[Endpoint]], dict[str, errors.PinsvcError]]:
+        """Where the runtime would pull each image from; an image whose registries.conf
+        entry maps it to a name the runtime cannot pull fails (StateError naming it)."""
+        if not images:
+            return {}, {}
+        config = await asyncio.to_thread(self.sources.current)
+        wanted, failed = {}, {}
+        for image in images:
+            ref = parse_reference(image)
+            try:
+                wanted[ref] = resolve(config, ref)
+            except errors.StateError as e:
+                failed[image] = e
+        return wanted, failed
+
+    async def _cached_on_node(self, listed: list[RuntimeImage]) -> tuple[set[str], list[RuntimeImage]]:
+        """Compressed layer digests of the present images whose manifest the agent has
+        cached (source 1 of the module doc), and the present images it has not."""
+        digests = {img.id: [d.partition("@")[2] for d in img.repo_digests if "@" in d] for img in listed}
+        cached = await self.manifests.cached_layers({d for ds in digests.values() for d in ds})
+        known, unknown = set(), []
         for img in listed:
-            for digest in img.repo_digests:
-                if reference_problem(digest) is None:
-                    refs.append(parse_reference(digest))
-                    break
-        if not refs:
-            return set()
-        fetched = await self.manifests.many(refs)
-        layers = set()
-        for ref, result in fetched.items():
-            if isinstance(result, Exception):
-                log.debug("cannot read layers of present image %s: %s", ref, result)
-                continue
-            layers.update(l.digest for l in result.layers)
-        return layers
+            found = next((cached[d] for d in digests[img.id] if d in cached), None)
+            if found is None:
+                unknown.append(img)
+            else:
+                known.update(layer.digest for layer in found)
+        return known, unknown
+
+    async def _diff_ids_on_node(self, images: list[RuntimeImage], listed: Collection[RuntimeImage],
+                                timeout: float | None) -> set[str]:
+        """The diff_ids of `images` as the runtime reports them (source 2 of the module
+        doc), each image asked once; an image the runtime does not answer for in time just
+        counts as having no layers (its shared layers are counted again: more, not less)."""
+        gate = asyncio.Semaphore(LOCAL_CONCURRENCY)
+
+        async def ask(image: RuntimeImage) -> None:
+            async with gate:
+                try:
+                    self._diff_ids[image.id] = await self.runtime.image_diff_ids(image.id)
+                except errors.PinsvcError as e:
+                    log.debug("cannot read the layers of present image %s: %s", image.id, e)
+
+        todo = [img for img in images if img.id not in self._diff_ids]
+        if todo:
+            try:
+                async with asyncio.timeout(timeout):
+                    await asyncio.gather(*(ask(img) for img in todo))
+            except TimeoutError:
+                log.warning("the runtime did not report the layers of %d present images within the space "
+                            "check's deadline; they count as not on the node", len(todo))
+        ids = {img.id for img in listed}
+        self._diff_ids = {i: d for i, d in self._diff_ids.items() if i in ids}
+        return {d for img in images for d in self._diff_ids.get(img.id, ())}

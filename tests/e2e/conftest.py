@@ -94,9 +94,11 @@ def crio(peers_root, registry, auth_registry):
 
 
 def clean_node(crio: Crio) -> None:
-    """No drop-in, no images, configuration reloaded."""
-    for entry in crio.dropin_dir.iterdir():
+    """No drop-in (crio.conf.d, registries.conf.d), no global auth file, no images,
+    configuration reloaded."""
+    for entry in [*crio.dropin_dir.iterdir(), *crio.registries_conf_dir.iterdir()]:
         shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    crio.auth_file.unlink(missing_ok=True)
     crio.reload()
     listing = crio.images_json().get("images", [])
     ids = [i["id"] for i in listing]

@@ -12,7 +12,8 @@ from pinsvc import config, errors
 from pinsvc.adapters.dropin import Dropin
 from pinsvc.core.agent import Agent
 from pinsvc.core.state import StateStore
-from pinsvc.model import ReloadResult, RuntimeImage
+from pinsvc.mirrors.config import RegistriesConfig
+from pinsvc.model import FsUsage, ReloadResult, RuntimeImage
 
 BLOCK = "block"  # a script step: the pull hangs until cancelled
 
@@ -129,6 +130,12 @@ class FakeRuntime:
                                             "failed to connect to all addresses")
         return "fake 1.0"
 
+    async def image_fs(self) -> list[FsUsage]:
+        return [FsUsage(str(self.dropin_path.parent), 0)]
+
+    async def image_diff_ids(self, image: str) -> tuple[str, ...]:
+        return ()
+
     async def close(self) -> None:
         pass
 
@@ -145,10 +152,29 @@ class FakeRuntime:
 
 
 class FakeManifests:
-    """A manifest source never asked (the space check is off)."""
+    """A manifest source: `sized` says what each image gets (a SizedImage or an error);
+    images not in it are never asked (the space check is off)."""
+
+    def __init__(self, sized=None):
+        self.sized = dict(sized or {})
+        self.asked: list = []
+
+    async def many(self, wanted, *, diff_ids=False, timeout=None):
+        self.asked.append(dict(wanted))
+        return {ref: self.sized[str(ref)] for ref in wanted}
+
+    async def cached_layers(self, digests):
+        return {}
 
     async def aclose(self) -> None:
         pass
+
+
+class NoMirrors:
+    """A registries configuration without any [[registry]] table."""
+
+    def current(self) -> RegistriesConfig:
+        return RegistriesConfig()
 
 
 class NoSecret:
@@ -169,8 +195,9 @@ def agent_settings(tmp_path: Path, drift_interval: float = 0.0) -> config.Settin
         ("verify", "drift_interval_seconds"): drift_interval, ("pull", "max_attempts"): 1})
 
 
-def fake_agent(settings: config.Settings, runtime: FakeRuntime, metrics=None) -> Agent:
+def fake_agent(settings: config.Settings, runtime: FakeRuntime, metrics=None, manifests=None) -> Agent:
     """An agent on `runtime` (its reloader too) and a real drop-in in a temp directory."""
-    return Agent(settings, runtime=runtime, manifests=FakeManifests(), secret=NoSecret(),
+    return Agent(settings, runtime=runtime, manifests=manifests or FakeManifests(), sources=NoMirrors(),
+                 secret=NoSecret(),
                  dropin=Dropin(settings.dropin_path, settings.dropin_temp_dir), reloader=runtime,
                  store=StateStore(settings.state_dir), metrics=metrics)

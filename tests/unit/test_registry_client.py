@@ -37,7 +37,7 @@ from pinsvc.adapters.registry.manifest import (
     wanted_platforms,
 )
 from pinsvc.errors import ImageNotFound, RegistryError, Unauthorized
-from pinsvc.model import Layer
+from pinsvc.model import Layer, SizedImage
 from pinsvc.refs import ImageRef, parse_reference
 from pinsvc.retry import Backoff
 
@@ -118,7 +118,7 @@ def test_parse_an_oci_manifest_without_media_type():
     body = manifest_bytes({"schemaVersion": 2, "config": {**DESCRIPTOR, "size": 7},
                            "layers": [DESCRIPTOR, {"digest": "sha256:" + "2" * 64, "size": 0}]})
     assert parse_manifest(body, "sha256:x") == ImageLayers(
-        "sha256:x", (Layer("sha256:" + "1" * 64, 10), Layer("sha256:" + "2" * 64, 0)), 7)
+        "sha256:x", (Layer("sha256:" + "1" * 64, 10), Layer("sha256:" + "2" * 64, 0)), 7, DESCRIPTOR["digest"])
 
 
 def test_parse_an_index_skips_entries_without_a_platform():
@@ -188,7 +188,8 @@ async def no_leaked_tasks() -> AsyncIterator[None]:
 
 
 def expected_layers(image: Image) -> ImageLayers:
-    return ImageLayers(image.digest, tuple(Layer(b.digest, b.size) for b in image.layers), image.config.size)
+    return ImageLayers(image.digest, tuple(Layer(b.digest, b.size) for b in image.layers), image.config.size,
+                       image.config.digest)
 
 
 @pytest.mark.parametrize("name", ["app-a", "three-layers", "oci"])
@@ -234,11 +235,12 @@ async def test_an_unknown_repository_is_image_not_found(small, client):
 async def test_many_returns_results_and_errors_per_image(small, client):
     missing = parse_reference(images.missing_ref(small.registry.host))
     refs = [small.refs["app-b"], missing, small.refs["oci"], small.refs["app-b"]]
-    results = await client.many(refs)
+    results = await client.many({ref: () for ref in refs})
     assert list(results) == [small.refs["app-b"], missing, small.refs["oci"]]
-    assert results[small.refs["app-b"]] == expected_layers(small.items["app-b"])
+    assert results[small.refs["app-b"]].layers == expected_layers(small.items["app-b"]).layers
+    assert results[small.refs["app-b"]].via == small.refs["app-b"].repository
     assert isinstance(results[missing], ImageNotFound)
-    assert results[small.refs["oci"]] == expected_layers(small.items["oci"])
+    assert results[small.refs["oci"]].layers == expected_layers(small.items["oci"]).layers
 
 
 async def test_a_plain_http_registry_not_listed_as_insecure_fails_clearly(small):
@@ -347,7 +349,7 @@ async def test_anonymous_access_to_a_private_registry_is_unauthorized(private, c
 async def test_the_right_password_works_and_never_shows(private, tmp_path, caplog):
     caplog.set_level(logging.DEBUG)
     secret = write_pull_secret(tmp_path / "config.json", private.registry.host, "alice", PASSWORD)
-    async with RegistryClient(insecure_hosts=[private.registry.host], credentials=secret.lookup) as client:
+    async with RegistryClient(insecure_hosts=[private.registry.host], credentials=secret.for_endpoint) as client:
         assert await client.layers(private.refs["app-a"]) == expected_layers(private.items["app-a"])
     assert caplog.records  # httpx and the client did log; none of it holds the password
     assert_no_secret(caplog)
@@ -357,7 +359,7 @@ async def test_a_wrong_password_is_refused_without_showing_it(private, tmp_path,
     caplog.set_level(logging.DEBUG)
     ref = private.refs["app-a"]
     secret = write_pull_secret(tmp_path / "config.json", private.registry.host, "alice", PASSWORD + "-old")
-    async with RegistryClient(insecure_hosts=[private.registry.host], credentials=secret.lookup) as client:
+    async with RegistryClient(insecure_hosts=[private.registry.host], credentials=secret.for_endpoint) as client:
         with pytest.raises(Unauthorized) as raised:
             await client.layers(ref)
     assert str(raised.value) == f"image {ref}: credentials for {private.registry.host} refused"
@@ -367,7 +369,7 @@ async def test_a_wrong_password_is_refused_without_showing_it(private, tmp_path,
 async def test_a_rotated_password_is_picked_up_without_a_restart(private, tmp_path):
     path = tmp_path / "config.json"
     secret = write_pull_secret(path, private.registry.host, "alice", "stale")
-    async with RegistryClient(insecure_hosts=[private.registry.host], credentials=secret.lookup) as client:
+    async with RegistryClient(insecure_hosts=[private.registry.host], credentials=secret.for_endpoint) as client:
         with pytest.raises(Unauthorized):
             await client.layers(private.refs["app-a"])
         write_pull_secret(path, private.registry.host, "alice", PASSWORD)
@@ -532,7 +534,7 @@ async def test_bearer_token_is_fetched_once_per_repository_and_reused(serve):
     first, second = image_manifest("a", 5, 6), image_manifest("b", 7)
     server = serve(bearer(lambda: server.host, manifests(first, second), user="alice"))
     credentials = Credentials(username="alice", password=PASSWORD)
-    async with scripted_client(server, credentials=lambda ref: credentials) as client:
+    async with scripted_client(server, credentials=lambda image, endpoint: credentials) as client:
         assert [layer.size for layer in (await client.layers(server.ref(first))).layers] == [5, 6]
         assert [layer.size for layer in (await client.layers(server.ref(second))).layers] == [7]
     [token_request] = server.requests("/token")
@@ -554,7 +556,7 @@ async def test_identity_token_is_exchanged_by_oauth2_refresh(serve):
     body = image_manifest("a", 5)
     server = serve(bearer(lambda: server.host, manifests(body), user="nobody"))
     credentials = Credentials(identity_token="refresh-me")
-    async with scripted_client(server, credentials=lambda ref: credentials) as client:
+    async with scripted_client(server, credentials=lambda image, endpoint: credentials) as client:
         await client.layers(server.ref(body))
     [token_request] = server.requests("/token")
     assert token_request.method == "POST"
@@ -566,7 +568,7 @@ async def test_registry_token_is_sent_as_the_bearer_token(serve):
     body = image_manifest("a", 5)
     server = serve(bearer(lambda: server.host, manifests(body), token="from-the-secret"))
     credentials = Credentials(registry_token="from-the-secret")
-    async with scripted_client(server, credentials=lambda ref: credentials) as client:
+    async with scripted_client(server, credentials=lambda image, endpoint: credentials) as client:
         await client.layers(server.ref(body))
     assert server.requests("/token") == []
 
@@ -576,7 +578,7 @@ async def test_a_token_server_refusing_the_credentials_is_unauthorized(serve, ca
     body = image_manifest("a", 5)
     server = serve(bearer(lambda: server.host, manifests(body), user="alice"))
     credentials = Credentials(username="alice", password="wrong-" + PASSWORD)
-    async with scripted_client(server, credentials=lambda ref: credentials) as client:
+    async with scripted_client(server, credentials=lambda image, endpoint: credentials) as client:
         with pytest.raises(Unauthorized, match=f"credentials for {server.host} refused") as raised:
             await client.layers(server.ref(body))
     assert PASSWORD not in full_text(raised.value)
@@ -689,8 +691,8 @@ async def test_max_concurrency_bounds_requests_in_flight(serve):
     bodies = [image_manifest(f"m{i}", i) for i in range(6)]
     server = serve(manifests(*bodies, delay=0.1))
     async with scripted_client(server, max_concurrency=2) as client:
-        results = await client.many([server.ref(body) for body in bodies])
-    assert all(isinstance(result, ImageLayers) for result in results.values())
+        results = await client.many({server.ref(body): () for body in bodies})
+    assert all(isinstance(result, SizedImage) for result in results.values())
     assert server.most_in_flight == 2
 
 

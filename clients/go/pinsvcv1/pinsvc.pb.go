@@ -499,7 +499,12 @@ type ImagePlan struct {
 	// Layers of this image already on the node or counted for an earlier image.
 	LayersShared uint32 `protobuf:"varint,5,opt,name=layers_shared,json=layersShared,proto3" json:"layers_shared,omitempty"`
 	// Compressed bytes this image adds to the total.
-	NewBytes      uint64 `protobuf:"varint,6,opt,name=new_bytes,json=newBytes,proto3" json:"new_bytes,omitempty"`
+	NewBytes uint64 `protobuf:"varint,6,opt,name=new_bytes,json=newBytes,proto3" json:"new_bytes,omitempty"`
+	// The registry endpoint that served the image's manifest, `host[:port]/repository`: the
+	// first, in the runtime's order, of the endpoints registries.conf gives it (a mirror, or
+	// its own registry), the one the runtime pulls it from. Empty when present, or when the
+	// manifest came from the agent's cache without a fetch since the agent started.
+	Via           string `protobuf:"bytes,7,opt,name=via,proto3" json:"via,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -574,6 +579,13 @@ func (x *ImagePlan) GetNewBytes() uint64 {
 		return x.NewBytes
 	}
 	return 0
+}
+
+func (x *ImagePlan) GetVia() string {
+	if x != nil {
+		return x.Via
+	}
+	return ""
 }
 
 // A named set of images to pin, like OpenShift's PinnedImageSet.
@@ -873,8 +885,12 @@ type ImageEvent struct {
 	Reason string `protobuf:"bytes,7,opt,name=reason,proto3" json:"reason,omitempty"`
 	// Backoff before the next attempt (RETRYING).
 	RetryInSeconds float64 `protobuf:"fixed64,8,opt,name=retry_in_seconds,json=retryInSeconds,proto3" json:"retry_in_seconds,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// PULLED: the registry endpoint that served the image's manifest to the space check
+	// (SpacePlan.images[].via), the one the runtime pulled it from unless that endpoint
+	// failed in between; empty when not known (space check off or manifest cached).
+	Via           string `protobuf:"bytes,9,opt,name=via,proto3" json:"via,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ImageEvent) Reset() {
@@ -961,6 +977,13 @@ func (x *ImageEvent) GetRetryInSeconds() float64 {
 		return x.RetryInSeconds
 	}
 	return 0
+}
+
+func (x *ImageEvent) GetVia() string {
+	if x != nil {
+		return x.Via
+	}
+	return ""
 }
 
 type StageEvent struct {
@@ -2003,14 +2026,15 @@ const file_pinsvc_v1_pinsvc_proto_rawDesc = "" +
 	"\x13usage_after_percent\x18\n" +
 	" \x01(\x01R\x11usageAfterPercent\x12\x12\n" +
 	"\x04fits\x18\v \x01(\bR\x04fits\x12\x18\n" +
-	"\averdict\x18\f \x01(\tR\averdict\"\xc0\x01\n" +
+	"\averdict\x18\f \x01(\tR\averdict\"\xd2\x01\n" +
 	"\tImagePlan\x12\x14\n" +
 	"\x05image\x18\x01 \x01(\tR\x05image\x12\x18\n" +
 	"\apresent\x18\x02 \x01(\bR\apresent\x12)\n" +
 	"\x10compressed_bytes\x18\x03 \x01(\x04R\x0fcompressedBytes\x12\x16\n" +
 	"\x06layers\x18\x04 \x01(\rR\x06layers\x12#\n" +
 	"\rlayers_shared\x18\x05 \x01(\rR\flayersShared\x12\x1b\n" +
-	"\tnew_bytes\x18\x06 \x01(\x04R\bnewBytes\"\\\n" +
+	"\tnew_bytes\x18\x06 \x01(\x04R\bnewBytes\x12\x10\n" +
+	"\x03via\x18\a \x01(\tR\x03via\"\\\n" +
 	"\x0ePinnedImageSet\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1e\n" +
 	"\n" +
@@ -2030,7 +2054,7 @@ const file_pinsvc_v1_pinsvc_proto_rawDesc = "" +
 	"\x05image\x18\x02 \x01(\v2\x15.pinsvc.v1.ImageEventH\x00R\x05image\x12-\n" +
 	"\x05stage\x18\x03 \x01(\v2\x15.pinsvc.v1.StageEventH\x00R\x05stage\x12/\n" +
 	"\x06status\x18\x04 \x01(\v2\x15.pinsvc.v1.NodeStatusH\x00R\x06statusB\a\n" +
-	"\x05event\"\x9e\x03\n" +
+	"\x05event\"\xb0\x03\n" +
 	"\n" +
 	"ImageEvent\x12\x14\n" +
 	"\x05image\x18\x01 \x01(\tR\x05image\x12.\n" +
@@ -2040,7 +2064,8 @@ const file_pinsvc_v1_pinsvc_proto_rawDesc = "" +
 	"\x10duration_seconds\x18\x05 \x01(\x01R\x0fdurationSeconds\x12,\n" +
 	"\x12queue_wait_seconds\x18\x06 \x01(\x01R\x10queueWaitSeconds\x12\x16\n" +
 	"\x06reason\x18\a \x01(\tR\x06reason\x12(\n" +
-	"\x10retry_in_seconds\x18\b \x01(\x01R\x0eretryInSeconds\"\x7f\n" +
+	"\x10retry_in_seconds\x18\b \x01(\x01R\x0eretryInSeconds\x12\x10\n" +
+	"\x03via\x18\t \x01(\tR\x03via\"\x7f\n" +
 	"\x04Kind\x12\x14\n" +
 	"\x10KIND_UNSPECIFIED\x10\x00\x12\n" +
 	"\n" +

@@ -1,7 +1,8 @@
 """Registry authentication: anonymous first, then the registry's challenge (a Bearer token
-from the realm, or Basic) with the pull secret's credentials for the image. Tokens are
-cached per (host, scope) until shortly before they expire. Credentials never appear in
-errors or logs.
+from the realm, or Basic) with the credentials of the endpoint asked (its Target's, from
+the pull secret as the runtime reads it for that endpoint). Tokens are cached per (host,
+scope, credentials) until shortly before they expire. Credentials never appear in errors
+or logs.
 """
 
 from __future__ import annotations
@@ -11,15 +12,16 @@ import json
 import math
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from pinsvc.adapters.registry.manifest import ACCEPT
-from pinsvc.adapters.registry.transport import Reply, Transport, http_error
+from pinsvc.adapters.registry.transport import Reply, Target, Transport, http_error
 from pinsvc.errors import RegistryError, Unauthorized
 from pinsvc.model import Credentials
 from pinsvc.refs import ImageRef
+from pinsvc.retry import Backoff
 
 DEFAULT_TOKEN_LIFETIME = 60
 """Seconds a bearer token lives when the token server does not say (distribution spec)."""
@@ -75,49 +77,44 @@ def headers(authorization: str | None) -> dict[str, str]:
 
 
 class Authenticator:
-    """Authorized GETs: the cached authorization of the image's repository (or none), a
+    """Authorized GETs: the cached authorization of the target's repository (or none), a
     401 answered once with a new one."""
 
-    def __init__(self, transport: Transport, credentials: Callable[[ImageRef], Credentials | None]) -> None:
+    def __init__(self, transport: Transport) -> None:
         self._transport = transport
-        self._credentials = credentials
-        self._cache: dict[tuple[str, str], Authorization] = {}
+        self._cache: dict[tuple[str, str, Credentials | None], Authorization] = {}
 
-    async def get(self, ref: ImageRef, url: str) -> Reply:
-        """GET with the cached authorization (or none); on 401 answer the challenge once."""
-        key = (ref.host, f"repository:{ref.path}:pull")
+    async def get(self, target: Target, url: str, *, backoff: Backoff | None = None) -> Reply:
+        """GET with the cached authorization (or none); on 401 answer the challenge once.
+        `backoff`: the attempts of each request (None: the transport's)."""
+        ref = target.ref
+        key = (ref.host, f"repository:{ref.path}:pull", target.credentials)
         cached = self._cache.get(key)
         header = cached.header if cached is not None and cached.valid else None
-        reply = await self._transport.request(ref, "GET", url, headers=headers(header))
+        reply = await self._transport.request(target, "GET", url, headers=headers(header), backoff=backoff)
         if reply.status != 401:
             return reply
         self._cache.pop(key, None)
-        authorization = await self._authorize(ref, reply, scope=key[1])
-        reply = await self._transport.request(ref, "GET", url, headers=headers(authorization.header))
+        authorization = await self._authorize(target, reply, scope=key[1], backoff=backoff)
+        reply = await self._transport.request(target, "GET", url, headers=headers(authorization.header),
+                                              backoff=backoff)
         if reply.status in (401, 403):
-            raise self.unauthorized(ref)
+            raise unauthorized(target)
         self._cache[key] = authorization
         return reply
 
-    def unauthorized(self, ref: ImageRef) -> Unauthorized:
-        """The error for a refused request: no credentials for the host, or wrong ones."""
-        if self._credentials(ref) is None:
-            return Unauthorized(f"image {ref}: access denied and no credentials for {ref.host} "
-                                f"in the pull secret")
-        return Unauthorized(f"image {ref}: credentials for {ref.host} refused")
-
-    async def _authorize(self, ref: ImageRef, reply: Reply, *, scope: str) -> Authorization:
+    async def _authorize(self, target: Target, reply: Reply, *, scope: str, backoff: Backoff | None) -> Authorization:
         """Answers a 401: a bearer token (from the realm, or the secret's registry token)
-        or Basic auth, with the pull secret's credentials for the image."""
+        or Basic auth, with the target's credentials."""
+        ref, credentials = target.ref, target.credentials
         challenges = {c.scheme: c for c in parse_challenges(reply.headers.getall("www-authenticate", []))}
-        credentials = self._credentials(ref)
         if "bearer" in challenges:
             if credentials is not None and credentials.registry_token:
                 return Authorization(f"Bearer {credentials.registry_token}")
-            return await self._fetch_token(ref, challenges["bearer"], credentials, scope)
+            return await self._fetch_token(target, challenges["bearer"], scope, backoff)
         if "basic" in challenges:
             if credentials is None:
-                raise self.unauthorized(ref)
+                raise unauthorized(target)
             if not credentials.username:
                 raise Unauthorized(f"image {ref}: {ref.host} wants a username and password; the "
                                    f"pull secret has only a token for it")
@@ -126,35 +123,46 @@ class Authenticator:
         raise Unauthorized(f"image {ref}: {ref.host} wants an authentication scheme pinsvc does "
                            f"not support ({schemes})")
 
-    async def _fetch_token(self, ref: ImageRef, challenge: Challenge, credentials: Credentials | None,
-                           scope: str) -> Authorization:
+    async def _fetch_token(self, target: Target, challenge: Challenge, scope: str,
+                           backoff: Backoff | None) -> Authorization:
         """A bearer token from the challenge's realm (docker token / OAuth2 refresh flow)."""
-        realm = self._checked_realm(ref, challenge)
+        ref, credentials = target.ref, target.credentials
+        realm = self._checked_realm(target, challenge)
         params = {"service": challenge.params.get("service", ""),
                   "scope": challenge.params.get("scope") or scope}
         params = {name: value for name, value in params.items() if value}
         if credentials is not None and credentials.identity_token:
             form = {**params, "grant_type": "refresh_token", "client_id": "pinsvc",
                     "refresh_token": credentials.identity_token}
-            reply = await self._transport.request(ref, "POST", realm, data=form)
+            reply = await self._transport.request(target, "POST", realm, data=form, backoff=backoff)
         else:
             basic = _basic(credentials) if credentials is not None and credentials.username else None
-            reply = await self._transport.request(ref, "GET", realm, params=params, headers=headers(basic))
+            reply = await self._transport.request(target, "GET", realm, params=params, headers=headers(basic),
+                                                  backoff=backoff)
         peer = f"token server {urlsplit(realm).netloc}"
         if reply.status in (401, 403):
-            raise self.unauthorized(ref)
+            raise unauthorized(target)
         if reply.status != 200:
             raise http_error(ref, reply, peer)
         return _parse_token(ref, reply.body, peer)
 
-    def _checked_realm(self, ref: ImageRef, challenge: Challenge) -> str:
-        """The token realm URL; plain http only when the registry itself is insecure."""
+    def _checked_realm(self, target: Target, challenge: Challenge) -> str:
+        """The token realm URL; plain http only when the endpoint itself is insecure."""
         realm = challenge.params.get("realm", "")
         scheme = urlsplit(realm).scheme
-        if scheme == "https" or (scheme == "http" and self._transport.insecure(ref.host)):
+        if scheme == "https" or (scheme == "http" and self._transport.insecure(target)):
             return realm
-        raise RegistryError(f"image {ref}: {ref.host} names an unusable token realm {realm!r} "
+        raise RegistryError(f"image {target.ref}: {target.ref.host} names an unusable token realm {realm!r} "
                             f"(want an https URL)", retryable=False)
+
+
+def unauthorized(target: Target) -> Unauthorized:
+    """The error for a refused request: no credentials for the endpoint, or wrong ones."""
+    ref = target.ref
+    if target.credentials is None:
+        return Unauthorized(f"image {ref}: access denied and no credentials for {ref.host} "
+                            f"in the pull secret")
+    return Unauthorized(f"image {ref}: credentials for {ref.host} refused")
 
 
 def _parse_token(ref: ImageRef, body: bytes, peer: str) -> Authorization:

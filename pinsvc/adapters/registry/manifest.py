@@ -66,6 +66,7 @@ class ImageLayers:
     manifest_digest: str
     layers: tuple[Layer, ...]
     config_size: int
+    config_digest: str = ""
 
 
 @dataclass(frozen=True)
@@ -154,9 +155,10 @@ def _parse_image_manifest(document: dict, digest: str) -> ImageLayers:
     config, layers = document.get("config"), document.get("layers")
     if not isinstance(config, dict) or not isinstance(layers, list):
         raise ValueError("no 'config' object or no 'layers' list")
+    config_digest, config_size = _descriptor(config, "config")
     return ImageLayers(manifest_digest=digest,
                        layers=tuple(Layer(*_descriptor(layer, "layer")) for layer in layers),
-                       config_size=_descriptor(config, "config")[1])
+                       config_size=config_size, config_digest=config_digest)
 
 
 def _parse_index_entries(manifests: object) -> Iterable[PlatformManifest]:
@@ -181,3 +183,16 @@ def _descriptor(item: object, what: str) -> tuple[str, int]:
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise ValueError(f"{what} {digest} has no valid size")
     return digest, size
+
+
+def parse_config_diff_ids(body: bytes) -> tuple[str, ...]:
+    """The `rootfs.diff_ids` of an image config (the uncompressed layer digests, in the
+    order of the manifest's layers). Raises ValueError when there are none to read."""
+    try:
+        document = json.loads(body)
+        diff_ids = document["rootfs"]["diff_ids"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"no rootfs.diff_ids ({type(e).__name__})") from e
+    if not isinstance(diff_ids, list) or not all(isinstance(d, str) and _DIGEST.match(d) for d in diff_ids):
+        raise ValueError("rootfs.diff_ids is not a list of digests")
+    return tuple(diff_ids)

@@ -57,20 +57,22 @@ class SpacePlan(_message.Message):
     def __init__(self, images: _Optional[_Iterable[_Union[ImagePlan, _Mapping]]] = ..., compressed_bytes: _Optional[int] = ..., required_bytes: _Optional[int] = ..., free_bytes: _Optional[int] = ..., total_bytes: _Optional[int] = ..., mountpoint: _Optional[str] = ..., decompression_factor: _Optional[float] = ..., min_free_bytes: _Optional[int] = ..., max_usage_percent: _Optional[float] = ..., usage_after_percent: _Optional[float] = ..., fits: _Optional[bool] = ..., verdict: _Optional[str] = ...) -> None: ...
 
 class ImagePlan(_message.Message):
-    __slots__ = ("image", "present", "compressed_bytes", "layers", "layers_shared", "new_bytes")
+    __slots__ = ("image", "present", "compressed_bytes", "layers", "layers_shared", "new_bytes", "via")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     PRESENT_FIELD_NUMBER: _ClassVar[int]
     COMPRESSED_BYTES_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
     LAYERS_SHARED_FIELD_NUMBER: _ClassVar[int]
     NEW_BYTES_FIELD_NUMBER: _ClassVar[int]
+    VIA_FIELD_NUMBER: _ClassVar[int]
     image: str
     present: bool
     compressed_bytes: int
     layers: int
     layers_shared: int
     new_bytes: int
-    def __init__(self, image: _Optional[str] = ..., present: _Optional[bool] = ..., compressed_bytes: _Optional[int] = ..., layers: _Optional[int] = ..., layers_shared: _Optional[int] = ..., new_bytes: _Optional[int] = ...) -> None: ...
+    via: str
+    def __init__(self, image: _Optional[str] = ..., present: _Optional[bool] = ..., compressed_bytes: _Optional[int] = ..., layers: _Optional[int] = ..., layers_shared: _Optional[int] = ..., new_bytes: _Optional[int] = ..., via: _Optional[str] = ...) -> None: ...
 
 class PinnedImageSet(_message.Message):
     __slots__ = ("name", "generation", "images")
@@ -111,7 +113,7 @@ class ApplyEvent(_message.Message):
     def __init__(self, time_unix_nano: _Optional[int] = ..., image: _Optional[_Union[ImageEvent, _Mapping]] = ..., stage: _Optional[_Union[StageEvent, _Mapping]] = ..., status: _Optional[_Union[NodeStatus, _Mapping]] = ...) -> None: ...
 
 class ImageEvent(_message.Message):
-    __slots__ = ("image", "kind", "attempt", "bytes", "duration_seconds", "queue_wait_seconds", "reason", "retry_in_seconds")
+    __slots__ = ("image", "kind", "attempt", "bytes", "duration_seconds", "queue_wait_seconds", "reason", "retry_in_seconds", "via")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         KIND_UNSPECIFIED: _ClassVar[ImageEvent.Kind]
@@ -138,6 +140,7 @@ class ImageEvent(_message.Message):
     QUEUE_WAIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     RETRY_IN_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    VIA_FIELD_NUMBER: _ClassVar[int]
     image: str
     kind: ImageEvent.Kind
     attempt: int
@@ -146,7 +149,8 @@ class ImageEvent(_message.Message):
     queue_wait_seconds: float
     reason: str
     retry_in_seconds: float
-    def __init__(self, image: _Optional[str] = ..., kind: _Optional[_Union[ImageEvent.Kind, str]] = ..., attempt: _Optional[int] = ..., bytes: _Optional[int] = ..., duration_seconds: _Optional[float] = ..., queue_wait_seconds: _Optional[float] = ..., reason: _Optional[str] = ..., retry_in_seconds: _Optional[float] = ...) -> None: ...
+    via: str
+    def __init__(self, image: _Optional[str] = ..., kind: _Optional[_Union[ImageEvent.Kind, str]] = ..., attempt: _Optional[int] = ..., bytes: _Optional[int] = ..., duration_seconds: _Optional[float] = ..., queue_wait_seconds: _Optional[float] = ..., reason: _Optional[str] = ..., retry_in_seconds: _Optional[float] = ..., via: _Optional[str] = ...) -> None: ...
 
 class StageEvent(_message.Message):
     __slots__ = ("stage", "message", "duration_seconds", "space")
