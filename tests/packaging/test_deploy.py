@@ -30,6 +30,8 @@ import yaml
 
 from devenv.paths import bin_path
 from pinsvc import config
+from pinsvc.adapters.registries_conf import runtime_paths
+from pinsvc.adapters.runtime_process import RuntimeProcess
 from pinsvc.coordinator.cli import parser as pinctl_parser
 from tests.packaging.conftest import K8S_VERSION
 
@@ -156,6 +158,10 @@ def test_every_host_path_the_agent_uses_is_mounted():
     assert paths.host_path(s.dropin_path) == "/etc/crio/crio.conf.d/50-pinned-images"
     assert paths.host_path(s.registry.pull_secret) == "/var/lib/kubelet/config.json"
     assert paths.mount_of(s.registry.pull_secret).get("readOnly") is True
+    # the registries configuration of a CRI-O started without registries flags, as on a node
+    defaults = runtime_paths(RuntimeProcess(1, ("crio",), {}, "/root"))
+    for path in (defaults.conf, defaults.dirs[0], defaults.certs_dirs[1]):
+        assert paths.host_path(path) == str(path) and paths.mount_of(path).get("readOnly") is True
     assert paths.host_path(s.state_dir) == "/var/lib/pinsvc"
     # the space check statvfs()es the image filesystem CRI-O's ImageFsInfo names (its
     # graphroot's overlay-images); without it every Apply fails (tests/packaging/test_image_run.py)
