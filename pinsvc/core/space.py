@@ -20,10 +20,11 @@ image may be down or silent, and it would stall every Apply. Two local sources:
    the runtime itself: CRI-O's verbose ImageStatus returns the image config in its `info`
    (`imageSpec.rootfs.diff_ids`, the uncompressed digests). Comparing them needs the
    missing images' diff_ids too, from their config blobs: one more request per missing
-   image, made only when such present images exist (never on an empty node) and cached by
-   digest like the manifests. An image id is its config digest, so its diff_ids never
-   change: each image is asked once per agent process (one call per image, which
-   ListImages cannot answer).
+   image, which would double the cost of a cold check. So it is asked only when the images
+   do not fit counting source 1 alone (the count is then an upper bound: a layer counted
+   that the node has only makes the estimate larger), and cached by digest like the
+   manifests. An image id is its config digest, so its diff_ids never change: each image
+   is asked once per agent process (one call per image, which ListImages cannot answer).
 A layer is on the node when its compressed digest or its diff_id is.
 """
 
@@ -40,7 +41,7 @@ from pinsvc import errors
 from pinsvc.config import SpaceSettings
 from pinsvc.core.ports import ImageRuntime, ImageSources, ManifestSource
 from pinsvc.mirrors.resolve import Endpoint, resolve
-from pinsvc.model import ImagePlan, Layer, RuntimeImage, SpacePlan
+from pinsvc.model import ImagePlan, Layer, RuntimeImage, SizedImage, SpacePlan
 from pinsvc.refs import ImageRef, parse_reference
 
 LOCAL_CONCURRENCY = 16
@@ -135,8 +136,8 @@ def plan_space(images: list[str], present: set[str], layers: Mapping[str, tuple[
 def _mirrors_note(plans: Iterable[ImagePlan]) -> str:
     """"; sized via <endpoint> (n images), ..." for the images a registry other than
     their own served (a mirror, or a registries.conf location), "" when none."""
-    others = Counter(p.via for p in plans
-                     if p.via and p.via != parse_reference(p.image).normalized().repository)
+    others = Counter(p.via for p in plans if p.via and p.via != p.image.rpartition("@")[0]
+                     and p.via != parse_reference(p.image).normalized().repository)
     if not others:
         return ""
     shown = [f"{endpoint} ({count} image{'s' if count > 1 else ''})"
@@ -164,6 +165,19 @@ async def find_present(runtime: ImageRuntime, images: list[str], listed: list[Ru
 
     found = await asyncio.gather(*(status(i) for i in unknown))
     return {i for i in images if i.lower() in by_digest} | {i for i, ok in zip(unknown, found) if ok}
+
+
+def _sizes(refs: Mapping[str, ImageRef], sized: Mapping[ImageRef, SizedImage | Exception],
+           failed: dict[str, errors.PinsvcError]) -> tuple[dict[str, tuple[Layer, ...]], dict[str, str]]:
+    """The layers and endpoint of each image sized; the others are added to `failed`."""
+    layers, via = {}, {}
+    for image, ref in refs.items():
+        result = sized[ref]
+        if isinstance(result, Exception):
+            failed[image] = errors.combined([result])
+        else:
+            layers[image], via[image] = result.layers, result.via
+    return layers, via
 
 
 class SpaceChecker:
@@ -199,42 +213,50 @@ class SpaceChecker:
         missing = [i for i in images if i not in present]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.deadline_seconds if self.settings.deadline_seconds else None
+
+        def left() -> float | None:
+            return max(deadline - loop.time(), 0.0) if deadline is not None else None
+
         fs_task = asyncio.ensure_future(self.filesystem())
         try:
-            wanted, failed = await self._endpoints(missing)
+            refs, wanted, failed = await self._endpoints(missing)
             on_node, unknown = await self._cached_on_node(listed) if wanted else (set(), [])
-            left = max(deadline - loop.time(), 0.0) if deadline is not None else None
-            sized, diff_ids = await asyncio.gather(
-                self.manifests.many(wanted, diff_ids=bool(unknown), timeout=left),
-                self._diff_ids_on_node(unknown, listed, left))
+            sized = await self.manifests.many(wanted, timeout=left())
             fs = await fs_task
         finally:
             fs_task.cancel()
-        layers, via = {}, {}
-        for image in missing:
-            result = sized.get(parse_reference(image)) if image not in failed else None
-            if isinstance(result, Exception):
-                failed[image] = errors.combined([result])
-            elif result is not None:
-                layers[image], via[image] = result.layers, result.via
+        layers, via = _sizes(refs, sized, failed)
+        kept = [i for i in images if i not in failed]
+        plan = plan_space(kept, present, layers, on_node, fs, self.settings, via, len(failed))
+        if plan.fits or not unknown or not layers:
+            return plan, failed
+        # Does not fit counting only the layers the agent knows: ask the runtime about the
+        # others (source 2 of the module doc) and count again.
+        refs = {image: ref for image, ref in refs.items() if image in layers}
+        sized, diff_ids = await asyncio.gather(
+            self.manifests.many({ref: wanted[ref] for ref in refs.values()}, diff_ids=True, timeout=left()),
+            self._diff_ids_on_node(unknown, listed, left()))
+        layers, via = _sizes(refs, sized, failed)
         kept = [i for i in images if i not in failed]
         return plan_space(kept, present, layers, on_node | diff_ids, fs, self.settings, via, len(failed)), failed
 
-    async def _endpoints(self, images: list[str]
-                         ) -> tuple[dict[ImageRef, Sequence[Endpoint]], dict[str, errors.PinsvcError]]:
-        """Where the runtime would pull each image from; an image whose registries.conf
-        entry maps it to a name the runtime cannot pull fails (StateError naming it)."""
+    async def _endpoints(self, images: list[str]) -> tuple[dict[str, ImageRef], dict[ImageRef, Sequence[Endpoint]],
+                                                          dict[str, errors.PinsvcError]]:
+        """Where the runtime would pull each image from (by image and by reference); an
+        image whose registries.conf entry maps it to a name the runtime cannot pull fails
+        (StateError naming it)."""
         if not images:
-            return {}, {}
+            return {}, {}, {}
         config = await asyncio.to_thread(self.sources.current)
-        wanted, failed = {}, {}
+        refs, wanted, failed = {}, {}, {}
         for image in images:
             ref = parse_reference(image)
             try:
                 wanted[ref] = resolve(config, ref)
+                refs[image] = ref
             except errors.StateError as e:
                 failed[image] = e
-        return wanted, failed
+        return refs, wanted, failed
 
     async def _cached_on_node(self, listed: list[RuntimeImage]) -> tuple[set[str], list[RuntimeImage]]:
         """Compressed layer digests of the present images whose manifest the agent has

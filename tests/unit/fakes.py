@@ -160,7 +160,7 @@ class FakeManifests:
         self.asked: list = []
 
     async def many(self, wanted, *, diff_ids=False, timeout=None):
-        self.asked.append(dict(wanted))
+        self.asked.append((list(wanted), diff_ids))
         return {ref: self.sized[str(ref)] for ref in wanted}
 
     async def cached_layers(self, digests):

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from pinsvc.adapters.registries_conf import RegistriesPaths, paths_for, runtime_paths
@@ -63,10 +64,9 @@ def test_a_running_process_is_read_from_proc(tmp_path):
     script = "import time; time.sleep(30)"
     proc = subprocess.Popen([sys.executable, "-c", script, "--registries-conf", str(tmp_path / "r.conf")], env=env)
     try:
-        import psutil
-        for _ in range(100):
-            if psutil.Process(proc.pid).cmdline()[-1] == str(tmp_path / "r.conf"):
-                break
+        deadline = time.monotonic() + 20
+        while psutil.Process(proc.pid).cmdline()[-1:] != [str(tmp_path / "r.conf")]:  # exec'd yet?
+            assert time.monotonic() < deadline
             time.sleep(0.01)
         paths = runtime_paths(describe(psutil.Process(proc.pid)))
     finally:

@@ -1,7 +1,10 @@
 """The space check: the pure plan, then what SpaceChecker reads through core's ports (fakes)."""
 
+import pytest
+
 from pinsvc import config, errors
 from pinsvc.config import GiB, SpaceSettings
+from pinsvc.core import space
 from pinsvc.core.space import FsStat, SpaceChecker, plan_space
 from pinsvc.model import (ImageEvent, ImageEventKind, Layer, PinnedImageSet, RuntimeImage, SizedImage,
                           StageEvent)
@@ -125,21 +128,31 @@ class CachedManifests(FakeManifests):
         return {d: self.cached[d] for d in digests if d in self.cached}
 
 
-async def test_layers_on_the_node_come_from_the_manifest_cache_and_the_runtime_never_a_registry(tmp_path):
-    """B was sized (its manifest is cached); C was pulled by someone else: the runtime tells
-    its diff_ids. Only A, the missing image, is asked of a registry, with its diff_ids."""
-    settings = space_settings(tmp_path)
-    base, shared, own = (Layer("sha256:gz-base", 4 * MiB, "sha256:tar-base"),
+@pytest.mark.parametrize("min_free_mib", [0, 96])
+async def test_layers_on_the_node_come_from_the_manifest_cache_and_the_runtime_never_a_registry(
+        tmp_path, monkeypatch, min_free_mib):
+    """B was sized (its manifest is cached); C was pulled by someone else. Only A, the missing
+    image, is asked of a registry. Counting what the cache knows (the base of B), A needs
+    3 MiB, 6 MiB on disk: that fits 100 MiB free with 0 to keep free; the runtime is not
+    asked. With 96 MiB to keep free it does not fit: then the runtime tells C's diff_ids,
+    A's come with its config, and the layer C shares is not counted: 2 MiB on disk, fits."""
+    monkeypatch.setattr(space, "statvfs", lambda mountpoint: FsStat(mountpoint, 100 * MiB, 100 * MiB, 0))
+    settings = space_settings(tmp_path, min_free_bytes=min_free_mib * MiB)
+    base, shared, own = (Layer("sha256:gz-base", 1 * MiB, "sha256:tar-base"),
                          Layer("sha256:gz-shared", 2 * MiB, "sha256:tar-shared"), Layer("sha256:gz-a", 1 * MiB))
     runtime = LayeredRuntime(settings.dropin_path, present=(B, C), diff_ids={C[-12:]: ("sha256:tar-shared",)})
     manifests = CachedManifests({A: SizedImage((base, shared, own), f"{MIRROR}/a")},
-                                {B.partition("@")[2]: (Layer("sha256:gz-base", 4 * MiB),)})
+                                {B.partition("@")[2]: (Layer("sha256:gz-base", 1 * MiB),)})
     checker = SpaceChecker(runtime, manifests, NoMirrors(), settings.space)
     plan, failed = await checker.plan([A, B, C])
-    assert failed == {} and [p.present for p in plan.images] == [False, True, True]
-    assert [list(w) for w in manifests.asked] == [[parse_reference(A)]], "present images are not asked of a registry"
-    assert plan.compressed_bytes == 1 * MiB and plan.images[0].via == f"{MIRROR}/a"
-    assert runtime.status_calls == [C[-12:]], "B is known from the cache"
+    assert failed == {} and plan.fits and [p.present for p in plan.images] == [False, True, True]
+    assert plan.images[0].via == f"{MIRROR}/a"
+    if not min_free_mib:
+        assert manifests.asked == [([parse_reference(A)], False)], "present images are not asked of a registry"
+        assert plan.compressed_bytes == 3 * MiB and runtime.status_calls == []
+        return
+    assert manifests.asked == [([parse_reference(A)], False), ([parse_reference(A)], True)]
+    assert plan.compressed_bytes == 1 * MiB and runtime.status_calls == [C[-12:]], "B is known from the cache"
     await checker.plan([A, B, C])
     assert runtime.status_calls == [C[-12:]], "an image id's layers never change: asked once"
 

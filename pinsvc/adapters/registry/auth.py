@@ -1,8 +1,8 @@
 """Registry authentication: anonymous first, then the registry's challenge (a Bearer token
-from the realm, or Basic) with the credentials of the endpoint asked (its Target's, from
-the pull secret as the runtime reads it for that endpoint). Tokens are cached per (host,
-scope, credentials) until shortly before they expire. Credentials never appear in errors
-or logs.
+from the realm, or Basic) with the credentials of the endpoint asked, looked up only then:
+`credentials(image, endpoint)` (the pull secret as the runtime reads it for that endpoint).
+Tokens are cached per (host, scope) until shortly before they expire. Credentials never
+appear in errors or logs.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -80,15 +80,21 @@ class Authenticator:
     """Authorized GETs: the cached authorization of the target's repository (or none), a
     401 answered once with a new one."""
 
-    def __init__(self, transport: Transport) -> None:
+    def __init__(self, transport: Transport,
+                 credentials: Callable[[ImageRef, ImageRef], Credentials | None]) -> None:
         self._transport = transport
-        self._cache: dict[tuple[str, str, Credentials | None], Authorization] = {}
+        self._credentials = credentials
+        self._cache: dict[tuple[str, str], Authorization] = {}
+
+    def credentials(self, target: Target) -> Credentials | None:
+        """The credentials for the target's endpoint (from the current pull secret)."""
+        return self._credentials(target.image or target.ref, target.ref)
 
     async def get(self, target: Target, url: str, *, backoff: Backoff | None = None) -> Reply:
         """GET with the cached authorization (or none); on 401 answer the challenge once.
         `backoff`: the attempts of each request (None: the transport's)."""
         ref = target.ref
-        key = (ref.host, f"repository:{ref.path}:pull", target.credentials)
+        key = (ref.host, f"repository:{ref.path}:pull")
         cached = self._cache.get(key)
         header = cached.header if cached is not None and cached.valid else None
         reply = await self._transport.request(target, "GET", url, headers=headers(header), backoff=backoff)
@@ -99,22 +105,22 @@ class Authenticator:
         reply = await self._transport.request(target, "GET", url, headers=headers(authorization.header),
                                               backoff=backoff)
         if reply.status in (401, 403):
-            raise unauthorized(target)
+            raise self.unauthorized(target)
         self._cache[key] = authorization
         return reply
 
     async def _authorize(self, target: Target, reply: Reply, *, scope: str, backoff: Backoff | None) -> Authorization:
         """Answers a 401: a bearer token (from the realm, or the secret's registry token)
         or Basic auth, with the target's credentials."""
-        ref, credentials = target.ref, target.credentials
+        ref, credentials = target.ref, self.credentials(target)
         challenges = {c.scheme: c for c in parse_challenges(reply.headers.getall("www-authenticate", []))}
         if "bearer" in challenges:
             if credentials is not None and credentials.registry_token:
                 return Authorization(f"Bearer {credentials.registry_token}")
-            return await self._fetch_token(target, challenges["bearer"], scope, backoff)
+            return await self._fetch_token(target, challenges["bearer"], credentials, scope, backoff)
         if "basic" in challenges:
             if credentials is None:
-                raise unauthorized(target)
+                raise self.unauthorized(target)
             if not credentials.username:
                 raise Unauthorized(f"image {ref}: {ref.host} wants a username and password; the "
                                    f"pull secret has only a token for it")
@@ -123,10 +129,10 @@ class Authenticator:
         raise Unauthorized(f"image {ref}: {ref.host} wants an authentication scheme pinsvc does "
                            f"not support ({schemes})")
 
-    async def _fetch_token(self, target: Target, challenge: Challenge, scope: str,
-                           backoff: Backoff | None) -> Authorization:
+    async def _fetch_token(self, target: Target, challenge: Challenge, credentials: Credentials | None,
+                           scope: str, backoff: Backoff | None) -> Authorization:
         """A bearer token from the challenge's realm (docker token / OAuth2 refresh flow)."""
-        ref, credentials = target.ref, target.credentials
+        ref = target.ref
         realm = self._checked_realm(target, challenge)
         params = {"service": challenge.params.get("service", ""),
                   "scope": challenge.params.get("scope") or scope}
@@ -141,7 +147,7 @@ class Authenticator:
                                                   backoff=backoff)
         peer = f"token server {urlsplit(realm).netloc}"
         if reply.status in (401, 403):
-            raise unauthorized(target)
+            raise self.unauthorized(target)
         if reply.status != 200:
             raise http_error(ref, reply, peer)
         return _parse_token(ref, reply.body, peer)
@@ -155,14 +161,13 @@ class Authenticator:
         raise RegistryError(f"image {target.ref}: {target.ref.host} names an unusable token realm {realm!r} "
                             f"(want an https URL)", retryable=False)
 
-
-def unauthorized(target: Target) -> Unauthorized:
-    """The error for a refused request: no credentials for the endpoint, or wrong ones."""
-    ref = target.ref
-    if target.credentials is None:
-        return Unauthorized(f"image {ref}: access denied and no credentials for {ref.host} "
-                            f"in the pull secret")
-    return Unauthorized(f"image {ref}: credentials for {ref.host} refused")
+    def unauthorized(self, target: Target) -> Unauthorized:
+        """The error for a refused request: no credentials for the endpoint, or wrong ones."""
+        ref = target.ref
+        if self.credentials(target) is None:
+            return Unauthorized(f"image {ref}: access denied and no credentials for {ref.host} "
+                                f"in the pull secret")
+        return Unauthorized(f"image {ref}: credentials for {ref.host} refused")
 
 
 def _parse_token(ref: ImageRef, body: bytes, peer: str) -> Authorization:

@@ -38,7 +38,7 @@ from typing import TypeVar
 
 from pinsvc import tracing
 from pinsvc.adapters.registries_conf import DEFAULT_CERTS_DIRS
-from pinsvc.adapters.registry.auth import Authenticator, unauthorized
+from pinsvc.adapters.registry.auth import Authenticator
 from pinsvc.adapters.registry.endpoints import Trail, deadline_passed, is_own, none_served, own_endpoint
 from pinsvc.adapters.registry.manifest import (DEFAULT_PLATFORM, ImageLayers, Manifest, ManifestIndex, Platform,
                                                choose_platform, parse_config_diff_ids, parse_manifest,
@@ -94,10 +94,9 @@ class RegistryClient:
             raise ValueError("max_concurrency and backoff.attempts must be at least 1")
         self.platform = Platform(*platform)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
-        self._credentials = credentials
         self._transport = Transport(insecure_hosts=insecure_hosts, timeout=timeout,
                                     max_concurrency=max_concurrency, backoff=backoff, certs_dirs=certs_dirs)
-        self._auth = Authenticator(self._transport)
+        self._auth = Authenticator(self._transport, credentials)
         self._memory: OrderedDict[str, _Cached] = OrderedDict()
         self._absent: set[str] = set()  # digests the disk cache does not have
         self._inflight: dict[tuple[str, str, str], asyncio.Task[_Cached]] = {}
@@ -220,8 +219,9 @@ class RegistryClient:
 
         return await retry(one_pass, self._transport.backoff, what=f"image {image}", logger=log)
 
-    def _target(self, image: ImageRef, endpoint: Endpoint) -> Target:
-        return Target(endpoint.ref, insecure=endpoint.insecure, credentials=self._credentials(image, endpoint.ref))
+    @staticmethod
+    def _target(image: ImageRef, endpoint: Endpoint) -> Target:
+        return Target(endpoint.ref, insecure=endpoint.insecure, image=image)
 
     async def _platform_manifest(self, target: Target, backoff: Backoff) -> tuple[ImageLayers, str]:
         """The manifest of the node's platform at `target`, and who served the top one."""
@@ -338,7 +338,7 @@ class RegistryClient:
                 what = "manifest" if digest == ref.digest else f"platform manifest {digest}"
             return ImageNotFound(f"image {ref}: {what} unknown on {ref.host}")
         if reply.status in (401, 403):
-            return unauthorized(target)
+            return self._auth.unauthorized(target)
         return http_error(ref, reply, ref.host)
 
 

@@ -18,7 +18,7 @@ import logging
 import ssl
 import time
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -28,7 +28,6 @@ from multidict import CIMultiDictProxy
 from pinsvc import tracing
 from pinsvc.adapters.registries_conf import DEFAULT_CERTS_DIRS, find_tls_files, ssl_context
 from pinsvc.errors import RegistryError, StateError
-from pinsvc.model import Credentials
 from pinsvc.refs import ImageRef
 from pinsvc.retry import Backoff, retry
 
@@ -45,12 +44,13 @@ _DOCKER_HUB_ENDPOINT = "registry-1.docker.io"
 @dataclass(frozen=True)
 class Target:
     """Where requests for an image go: its reference on one endpoint (`host` to contact,
-    repository `path` there, digest), whether that endpoint is insecure, and the
-    credentials that answer its challenges."""
+    repository `path` there, digest), whether that endpoint is insecure, and the image as
+    the node names it (None: `ref` itself), whose credentials for this endpoint answer its
+    challenges."""
 
     ref: ImageRef
     insecure: bool = False
-    credentials: Credentials | None = field(default=None, repr=False)
+    image: ImageRef | None = None
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,8 @@ class Transport:
         self._timeout = aiohttp.ClientTimeout(total=timeout or None)
         self._session: aiohttp.ClientSession | None = None  # made on first use, inside the loop
         self._slots = asyncio.Semaphore(max_concurrency)
-        self._plain_hosts: set[str] = set()  # insecure hosts that answered plain HTTP
+        self._schemes: dict[str, str] = {}  # insecure host -> the scheme it answered
+        self._first_contacts: dict[str, asyncio.Event] = {}  # insecure host -> set when its first request ends
         self._tls: dict[tuple[str, bool], tuple[float, tuple, ssl.SSLContext]] = {}
 
     def insecure(self, target: Target) -> bool:
@@ -112,26 +113,48 @@ class Transport:
             return last.reply
 
     async def _exchange(self, target: Target, method: str, url: str, kwargs: dict) -> Reply:
-        """One exchange; on an insecure endpoint not yet known to speak plain HTTP, HTTPS
-        first and plain HTTP when HTTPS fails."""
+        """One exchange; to an insecure endpoint in the scheme that last worked there, or
+        for a first contact HTTPS, then plain HTTP when HTTPS fails. Concurrent first
+        requests to one host wait for the first one, so that a plain-HTTP registry costs one
+        failed handshake, not one per request."""
         host = target.ref.host
         if not url.startswith("/"):
             return await self._send(target, method, url, kwargs)
         api = _DOCKER_HUB_ENDPOINT if host in _DOCKER_HUB_HOSTS else host
-        if host in self._plain_hosts:
-            try:
-                return await self._send(target, method, f"http://{api}{url}", kwargs)
-            except RegistryError:
-                self._plain_hosts.discard(host)  # look for HTTPS again next time
-                raise
-        try:
+        if not self.insecure(target):
             return await self._send(target, method, f"https://{api}{url}", kwargs)
+        if host not in self._schemes:
+            first = self._first_contacts.get(host)
+            if first is None:
+                self._first_contacts[host] = first = asyncio.Event()
+                try:
+                    return await self._first_contact(target, method, f"{api}{url}", kwargs)
+                finally:
+                    first.set()
+                    del self._first_contacts[host]
+            await first.wait()
+            if host not in self._schemes:  # the first contact failed: try on its own
+                return await self._first_contact(target, method, f"{api}{url}", kwargs)
+        try:
+            return await self._send(target, method, f"{self._schemes[host]}://{api}{url}", kwargs)
+        except RegistryError:
+            self._schemes.pop(host, None)  # look for HTTPS again next time
+            raise
+
+    async def _first_contact(self, target: Target, method: str, location: str, kwargs: dict) -> Reply:
+        """HTTPS without verification, then plain HTTP unless HTTPS timed out; the scheme
+        that answered is remembered for the host."""
+        host = target.ref.host
+        try:
+            reply = await self._send(target, method, f"https://{location}", kwargs)
+            self._schemes[host] = "https"
+            return reply
         except RegistryError as e:
-            if not self.insecure(target) or isinstance(e.__cause__, asyncio.TimeoutError):
+            if isinstance(e.__cause__, asyncio.TimeoutError):
                 raise
             log.debug("image %s: HTTPS to insecure %s failed (%s); trying plain HTTP", target.ref, host, e)
-        reply = await self._send(target, method, f"http://{api}{url}", kwargs)
-        self._plain_hosts.add(host)
+        reply = await self._send(target, method, f"http://{location}", kwargs)
+        self._schemes[host] = "http"
         return reply
 
     async def _send(self, target: Target, method: str, url: str, kwargs: dict) -> Reply:
