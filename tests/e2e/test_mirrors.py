@@ -265,3 +265,23 @@ async def test_by_default_the_agent_reads_the_files_of_the_crio_serving_its_sock
     events, error = await apply(agent, SetSpec("release", 1, (mirror.release[0],)))
     assert error is None, error
     assert canonical_pins(node) == {mirror.release[0]: True}
+
+
+async def test_a_silent_mirror_is_bounded_by_the_space_check_deadline(node, agent_factory, mirror):
+    """The only mirror accepts connections and never answers: CheckSpace answers at the
+    deadline with a registry error naming it, and the agent stays available."""
+    with FaultProxy(mirror.host) as proxy:
+        proxy.set_fault("stall", seconds=600)
+        mirror_source(node, f"{proxy.host}/openshift-release-dev", blocked=True)
+        agent = agent_factory(**{"space-deadline-seconds": "2", "registry-timeout-seconds": "30"})
+        image = mirror.release[0]
+        started = time.monotonic()
+        async with agent.client() as client:
+            with pytest.raises(Exception) as raised:
+                await client.check_space([image])
+            assert 2 <= time.monotonic() - started < 6
+            assert raised.value.details() == (
+                f"image {image}: no registry served its manifest in the 2 s the space check's deadline left "
+                f"({proxy.host}/{REPO}: no answer yet)")
+            assert raised.value.code().name == "UNAVAILABLE"
+            assert (await client.status()).node, "the agent still answers"

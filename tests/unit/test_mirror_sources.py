@@ -134,8 +134,8 @@ async def test_the_deadline_fails_the_image_naming_the_endpoint_waited_on(small,
     assert time.monotonic() - started < 2
     assert results[other].via == f"{live}/oci", "the others are sized"
     assert isinstance(results[image], RegistryError) and results[image].retryable
-    assert str(results[image]) == (f"image {image}: no registry served its manifest within the space check's "
-                                   f"deadline of 0.5 s ({black_hole}/x/app-a: no answer yet)")
+    assert str(results[image]) == (f"image {image}: no registry served its manifest in the 0.5 s the space "
+                                   f"check's deadline left ({black_hole}/x/app-a: no answer yet)")
 
 
 async def test_each_endpoint_gets_its_own_credentials_and_never_the_canonical_ones(serve):

@@ -11,6 +11,7 @@ error of a space check whose deadline passed names them too.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from pinsvc.errors import ImageNotFound, PinsvcError, RegistryError, Unauthorized
@@ -75,7 +76,7 @@ def none_served(image: ImageRef, trail: Trail) -> PinsvcError:
 
 
 def deadline_passed(image: ImageRef, seconds: float, trail: Trail) -> RegistryError:
-    """The error of an image not sized within the space check's deadline."""
+    """The error of an image not sized in the `seconds` the space check's deadline left."""
     said = "; ".join(trail.said()) or "no endpoint answered"
-    return RegistryError(f"image {image}: no registry served its manifest within the space check's "
-                         f"deadline of {seconds:g} s ({said})", retryable=True)
+    return RegistryError(f"image {image}: no registry served its manifest in the {math.ceil(seconds * 10) / 10:g} s "
+                         f"the space check's deadline left ({said})", retryable=True)
