@@ -179,13 +179,13 @@ async def test_a_blocked_source_whose_mirror_lacks_the_image_is_one_error_naming
     async with agent.client() as client:
         with pytest.raises(NotFound) as raised:
             await client.check_space([missing, good])
-    assert raised.value.details() == expected
+    assert (raised.value.details(), raised.value.reason) == (expected, "NOT_FOUND")
 
     events, error = await apply(agent, SetSpec("broken", 1, (missing,)), SetSpec("release", 1, (good,)))
     assert time.monotonic() - started < 15
     assert error is not None and error.details() == expected
     status = final_status(events)
-    assert expected in set_status(status, "broken").last_failed_generation_error
+    assert set_status(status, "broken").last_failed_generation_error == expected
     assert set_status(status, "release").current_generation == 1
     assert canonical_pins(node) == {good: True}
     assert not [t for t in tried(node, offset) if t.endswith("ab" * 32)], "CRI-O was never asked to pull it"
@@ -283,5 +283,6 @@ async def test_a_silent_mirror_is_bounded_by_the_space_check_deadline(node, agen
             assert raised.value.details() == (
                 f"image {image}: no registry served its manifest in the 2 s the space check's deadline left "
                 f"({proxy.host}/{REPO}: no answer yet)")
-            assert raised.value.code().name == "UNAVAILABLE"
+            assert (raised.value.code().name, raised.value.reason) == ("UNAVAILABLE", "REGISTRY")
+            assert not raised.value.retryable, "the agent answered: not to be retried as if it were down"
             assert (await client.status()).node, "the agent still answers"
