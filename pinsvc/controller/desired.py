@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pinsvc.coordinator import selection
 from pinsvc.coordinator.objects import Cluster, Node, PinnedImageSet, Pool
 from pinsvc.coordinator.rollout import DEFAULT_PORT, Options, Target, node_target
-from pinsvc.controller.status import AGENT_UNAVAILABLE, NODE_SKIPPED, POOL_PAUSED, Observed, Verdict, up_to_date
+from pinsvc.controller.status import (AGENT_UNAVAILABLE, NODE_SKIPPED, POOL_PAUSED, WAITING, Observed, Verdict,
+                                     up_to_date)
 from pinsvc.errors import InvalidArgument
 
 # What a node needs.
@@ -169,3 +170,9 @@ def pool_width(pool: Pool, members: int) -> int:
 def unavailable_verdict(message: str) -> Verdict:
     return Verdict(degraded=True, reason=AGENT_UNAVAILABLE, message=message)
 
+
+
+def waiting_verdict(pool: str, width: int, members: int, aborted: str = "") -> Verdict:
+    """A node that needs work but has no slot yet: Progressing, saying why it waits."""
+    message = f"node waits for its turn in pool {pool}: at most {width} of its {members} nodes apply at once"
+    return Verdict(progressing=True, reason=WAITING, message=f"{message}; {aborted}" if aborted else message)

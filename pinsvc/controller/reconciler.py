@@ -4,10 +4,12 @@ controller holds the Lease.
 Four informers keep PinnedImageSets, MachineConfigPools, Nodes and MachineConfigNodes in
 memory; any change only wakes the loop. Each pass recomputes what every node needs from
 those objects alone (`desired`), starts the node attempts the rollout rules allow
-(`desired.schedule`), writes the MachineConfigNode status the controller owns and, at most
-once per `status_interval_seconds` per pool, the pool's synchronizer status. The API server
-is the store: a node is done when its MachineConfigNode says so, so a new leader resumes
-where the old one stopped, and a no-op change calls no agent.
+(`desired.schedule`), writes the MachineConfigNode status the controller owns (`writer`)
+and, at most once per `status_interval_seconds` per pool, the pool's synchronizer status.
+As the Machine Config Operator does, a change's new desired generations are written to
+every node it concerns at once ("announced"), each waiting node saying it waits. The API
+server is the store: a node is done when its MachineConfigNode says so, so a new leader
+resumes where the old one stopped, and a no-op change calls no agent.
 """
 
 from __future__ import annotations
@@ -22,21 +24,18 @@ from pinsvc_client import PinClient
 from pinsvc.controller import status as st
 from pinsvc.controller.agents import FAILED, UNAVAILABLE, UPDATED, Agents, Outcome
 from pinsvc.controller.desired import (DELETE, STAND_ASIDE, WORK, WRITE, Desired, PoolWork, Run, decide, pool_width,
-                                       run_key, schedule, targets, unavailable_verdict, unpin_target)
+                                       run_key, schedule, targets, unavailable_verdict, unpin_target, waiting_verdict)
 from pinsvc.controller.events import Recorder
 from pinsvc.controller.kubeapi import (MCNS, NODES, POOLS, SET_VERSIONS, Informer, Kube, KubeApiError,
                                       discover_sets, now_rfc3339, sets)
 from pinsvc.controller.settings import Settings
+from pinsvc.controller.writer import ANNOUNCE, Writer
 from pinsvc.coordinator.loader import parse_object
 from pinsvc.coordinator.objects import Cluster, PinnedImageSet
 from pinsvc.coordinator.rollout import Target
 from pinsvc.errors import InvalidArgument
 
 log = logging.getLogger("pinsvc.controller")
-
-WRITES_IN_FLIGHT = 32
-"""MachineConfigNode writes in flight at once: a rollout of 1,000 nodes queues here, not in
-the connection pool that also carries the watches."""
 
 
 class Reconciler:
@@ -56,12 +55,13 @@ class Reconciler:
         self.runs: dict[str, Run] = {}
         self.settled: dict[str, tuple] = {}  # node -> (desired, observed, paused) found needing nothing
         self.busy: set[str] = set()  # nodes with a status write or delete in flight
+        self.announcing: set[str] = set()  # nodes with an announcement queued or in flight
         self.retry_write: dict[str, float] = {}
         self.touched: set[tuple[str, int]] = set()  # (set, generation) this term applied somewhere
         self.aborted: dict[str, str] = {}
         self.tasks: set[asyncio.Task] = set()
         self.wake = asyncio.Event()
-        self.writes = asyncio.Semaphore(WRITES_IN_FLIGHT)
+        self.writer = Writer(kube, self.observed, self._store, self._config)
         self.timer: asyncio.TimerHandle | None = None
         self.pools_dirty = True
         self.topology_dirty = True
@@ -151,10 +151,11 @@ class Reconciler:
         self.pools_dirty = True
         self._poke()
 
-    def _store(self, obj: dict) -> st.Observed:
-        """What a write returned is the newest version: use it at once."""
+    def _store(self, obj: dict) -> None:
         self._on_mcn("MODIFIED", obj)
-        return self.observed[obj["metadata"]["name"]]
+
+    def _config(self, pool: str) -> str:
+        return ((self._raw(POOLS, pool).get("spec") or {}).get("configuration") or {}).get("name", "")
 
     # ---- the loop ----------------------------------------------------------------------------
 
@@ -184,7 +185,7 @@ class Reconciler:
     def _pass(self, now: float) -> float | None:
         if self.topology_dirty:
             self._recompute()
-        need, done, failed, unpins = {}, {}, {}, []
+        need, done, failed, unpins, announce = {}, {}, {}, [], []
         for name in self.desired.keys() | self.observed.keys():
             run = self.runs.get(name)
             desired, observed = self.desired.get(name), self.observed.get(name, st.Observed())
@@ -202,6 +203,8 @@ class Reconciler:
                 need[name] = True
                 if target is None:
                     unpins.append(name)
+                elif not st.announced(target, observed) and name not in self.announcing:
+                    announce.append(name)
             elif action == WRITE and self.retry_write.get(name, 0) <= now:
                 self._spawn(self._write(name, target, verdict, memo))
             elif action == DELETE:
@@ -219,6 +222,9 @@ class Reconciler:
         self.aborted = plan.aborted
         for name in plan.start:
             self._start(name)
+        for name in announce:
+            self.announcing.add(name)
+            self._spawn(self._announce(name))
         return min((t for t in (plan.wake_at, *self.retry_write.values()) if t is not None and t > now), default=None)
 
     def _start(self, name: str) -> None:
@@ -245,7 +251,7 @@ class Reconciler:
 
         async def say_progressing() -> None:
             await asyncio.sleep(self.settings.progress_after_seconds)
-            write = asyncio.ensure_future(self._write_status(name, target, st.Verdict(progressing=True)))
+            write = asyncio.ensure_future(self.writer.write(name, target, st.Verdict(progressing=True)))
             progress.append(write)
             await asyncio.shield(write)
 
@@ -288,7 +294,7 @@ class Reconciler:
             if name in self.nodes:
                 self.events.emit(NODES, self._raw(NODES, name), "PinnedImageSetsFailed", verdict.message,
                                  warning=True, key=(run.key, verdict.reason, outcome.message))
-        await self._write_status(name, target, verdict, outcome.status)
+        await self.writer.write(name, target, verdict, outcome.status)
 
     def _raw(self, resource, name: str) -> dict:
         return next(i for i in self.informers if i.resource == resource).objects.get(name) or {"metadata": {"name": name}}
@@ -298,7 +304,7 @@ class Reconciler:
     async def _write(self, name: str, target: Target | None, verdict: st.Verdict, memo: tuple) -> None:
         self.busy.add(name)
         try:
-            await self._write_status(name, target, verdict)
+            await self.writer.write(name, target, verdict)
             self.settled[name] = (memo[0], self.observed.get(name, st.Observed()), memo[2])
             self.retry_write.pop(name, None)
         except KubeApiError as e:
@@ -308,33 +314,36 @@ class Reconciler:
             self.busy.discard(name)
             self._poke()
 
-    async def _write_status(self, name: str, target: Target | None, verdict: st.Verdict, agent=None) -> None:
-        """Creates or re-pools the node's MachineConfigNode when needed, then applies its
-        status when it differs (server-side apply of the status subresource)."""
-        async with self.writes:
-            await self._write_status_now(name, target, verdict, agent)
+    async def _announce(self, name: str) -> None:
+        """Writes the node's new desired generations (current ones unchanged) and why it
+        waits, or that it applies when it started meanwhile; nothing when its attempt's own
+        write got there first."""
+        try:
+            async with self.writer.slot(name, ANNOUNCE):
+                desired = self.desired.get(name)
+                target = desired.target if desired else None
+                if target is None or st.announced(target, self.observed.get(name, st.Observed())):
+                    return
+                run = self.runs.get(name)
+                await self.writer.write_now(name, target, st.Verdict(progressing=True) if run and run.working
+                                            else self._waiting(target.pool))
+        except KubeApiError as e:  # the node's attempt writes its status anyway
+            log.warning("node %s: new desired generations not written: %s", name, e)
+        finally:
+            self.announcing.discard(name)
 
-    async def _write_status_now(self, name: str, target: Target | None, verdict: st.Verdict, agent) -> None:
-        observed = self.observed.get(name, st.Observed())
-        pool = target.pool if target and target.pool else observed.pool
-        if not observed.exists or (pool and observed.pool != pool):
-            config = ((self._raw(POOLS, pool).get("spec") or {}).get("configuration") or {}).get("name", "")
-            observed = self._store(await self.kube.apply(MCNS, st.spec(name, pool or "none", config)))
-        doc = st.node_status(name, target, observed, verdict, now=now_rfc3339(), agent=agent)
-        if st.same_status(doc, observed):
-            return
-        if lower := st.decreasing(doc, observed):
-            first = {**doc, "pinnedImageSets": [e for e in doc["pinnedImageSets"] if e["name"] not in lower]}
-            observed = self._store(await self.kube.apply(MCNS, st.status_body(name, first), subresource="status"))
-            doc = st.node_status(name, target, observed, verdict, now=now_rfc3339(), agent=agent)
-        self._store(await self.kube.apply(MCNS, st.status_body(name, doc), subresource="status"))
+    def _waiting(self, pool: str) -> st.Verdict:
+        members = len(self.members.get(pool, ()))
+        width = self.settings.rollout.max_parallel or (pool_width(self.pools[pool], members)
+                                                       if pool in self.pools else 1)
+        return waiting_verdict(pool, width, members, self.aborted.get(pool, ""))
 
     async def _delete(self, name: str, observed: st.Observed) -> None:
         if name in self.busy:
             return
         self.busy.add(name)
         try:
-            await self.kube.delete(MCNS, name, uid=observed.uid)
+            await self.writer.delete(name, observed.uid)
             log.info("node %s: deleted its MachineConfigNode", name)
             self._on_mcn("DELETED", {"metadata": {"name": name}})
             self.runs.pop(name, None)

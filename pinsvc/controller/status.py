@@ -35,8 +35,8 @@ when the pool names no rendered configuration: no Machine Config Operator render
 
 # Reasons the controller writes, beyond the agent's own.
 APPLYING, AS_EXPECTED, PREFETCH_FAILED = "ImagePrefetch", "AsExpected", "PrefetchFailed"
-AGENT_UNAVAILABLE, NODE_SKIPPED, POOL_PAUSED, NOT_ROLLED_OUT = (
-    "AgentUnavailable", "NodeSkipped", "PoolPaused", "NotRolledOut")
+AGENT_UNAVAILABLE, NODE_SKIPPED, POOL_PAUSED, NOT_ROLLED_OUT, WAITING = (
+    "AgentUnavailable", "NodeSkipped", "PoolPaused", "NotRolledOut", "WaitingForSlot")
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,12 @@ def up_to_date(target: Target | None, observed: Observed) -> bool:
         for n, g in want.items())
 
 
+def announced(target: Target | None, observed: Observed) -> bool:
+    """The MachineConfigNode already desires each of the target's sets at its generation
+    (what the controller writes on every node a change concerns, at once)."""
+    return all(observed.sets.get(n, {}).get("desiredGeneration") == g for n, g in wanted(target).items())
+
+
 def failed_at(target: Target | None, observed: Observed) -> bool:
     """The node is Degraded for exactly the desired state the target asks for."""
     want = wanted(target)
@@ -142,7 +148,8 @@ def condition(kind: str, status: bool, reason: str, message: str, *, old: Mappin
 
 @dataclass(frozen=True)
 class Verdict:
-    """What the controller says of a node: Progressing and Degraded, with reasons."""
+    """What the controller says of a node: Progressing and Degraded, with reasons (a
+    progressing verdict with the default reason is an Apply under way: `ImagePrefetch`)."""
 
     progressing: bool = False
     degraded: bool = False
@@ -159,8 +166,10 @@ def node_status(node: str, target: Target | None, observed: Observed, verdict: V
             for name, generation in sorted(wanted(target).items())]
     done = not verdict.progressing and not verdict.degraded and all(
         e.get("currentGeneration") == e["desiredGeneration"] for e in sets)
-    if verdict.progressing:
+    if verdict.progressing and verdict.reason == AS_EXPECTED:
         progressing = (True, APPLYING, f"node is prefetching images: {node}")
+    elif verdict.progressing:
+        progressing = (True, verdict.reason, verdict.message)
     elif done:
         progressing = (False, AS_EXPECTED, "All pinned image sets complete")
     else:

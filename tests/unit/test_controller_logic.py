@@ -7,7 +7,7 @@ from pinsvc_client import pb
 
 from pinsvc.controller import status as st
 from pinsvc.controller.desired import (DELETE, NOTHING, STAND_ASIDE, WORK, WRITE, Desired, PoolWork, Run, decide,
-                                       schedule, targets)
+                                       schedule, targets, waiting_verdict)
 from pinsvc.coordinator.loader import parse_object
 from pinsvc.coordinator.objects import Cluster, PinnedImageSet
 from pinsvc.coordinator.rollout import Options, Target
@@ -102,6 +102,33 @@ def test_node_status_keeps_the_rules():
 
     recreated = mcn([{"name": "s1", "desiredGeneration": 5, "currentGeneration": 5}])
     assert st.decreasing(st.node_status("n1", target(S1), recreated, st.Verdict(), now=NOW), recreated) == ["s1"]
+
+
+def test_a_waiting_node_desires_the_new_generation_and_says_it_waits():
+    """The announcement written to every node a change concerns: desired = the set's new
+    generation, current and the last failure kept, Progressing True saying why it waits,
+    Degraded cleared (the new generation has not failed anywhere yet)."""
+    old = mcn([{"name": "s1", "desiredGeneration": 1, "currentGeneration": 1, "lastFailedGeneration": 1,
+                "lastFailedGenerationError": "manifest unknown"}],
+              [{"type": st.DEGRADED, "status": "True", "reason": st.PREFETCH_FAILED, "message": "manifest unknown",
+                "lastTransitionTime": NOW}])
+    assert not st.announced(target(S1), old) and not st.announced(target(S1), st.Observed())
+    verdict = waiting_verdict("worker", 10, 100)
+    doc = st.node_status("n1", target(S1), old, verdict, now=LATER)
+    assert doc["pinnedImageSets"] == [{"name": "s1", "desiredGeneration": 2, "currentGeneration": 1,
+                                       "lastFailedGeneration": 1, "lastFailedGenerationError": "manifest unknown"}]
+    conditions = {c["type"]: c for c in doc["conditions"]}
+    assert (conditions[st.PROGRESSING]["status"], conditions[st.PROGRESSING]["reason"]) == ("True", st.WAITING)
+    assert conditions[st.PROGRESSING]["message"] == ("node waits for its turn in pool worker: at most 10 of its "
+                                                     "100 nodes apply at once")
+    assert (conditions[st.DEGRADED]["status"], conditions[st.DEGRADED]["lastTransitionTime"]) == ("False", LATER)
+    now = mcn(doc["pinnedImageSets"], doc["conditions"])
+    assert st.announced(target(S1), now) and not st.up_to_date(target(S1), now) and not st.failed_at(target(S1), now)
+    assert decide(Desired("n1", target(S1)), now, paused=False) == (WORK, None)
+    applying = {c["type"]: c for c in st.node_status("n1", target(S1), now, st.Verdict(progressing=True),
+                                                     now=LATER)["conditions"]}[st.PROGRESSING]
+    assert (applying["reason"], applying["message"]) == (st.APPLYING, "node is prefetching images: n1")
+    assert "; pool worker: 2 nodes failed" in waiting_verdict("worker", 1, 3, "pool worker: 2 nodes failed").message
 
 
 def test_pool_status_counts_and_keeps_others():

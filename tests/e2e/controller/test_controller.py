@@ -6,6 +6,7 @@ machineconfignode`, the pool status, events, and what each CRI-O reports pinned.
 from __future__ import annotations
 
 import json
+import signal
 import time
 
 from devenv import cluster
@@ -110,6 +111,58 @@ def test_apply_rolls_out_and_follows_every_change(kube, nodes, controllers, metr
     kube.kubectl("delete", "node", "worker-2")
     wait_for("worker-2's MachineConfigNode removed", lambda: mcn(kube, "worker-2") == {})
     assert "Forbidden" not in controller.log(400), controller.log(400)
+
+
+def test_waiting_nodes_show_the_new_generation_at_once(kube, nodes, controllers):
+    """As the MCO does: an edited set's new generation is desired on every node at once;
+    the nodes waiting for their turn say so (Progressing True), their current generation
+    is still the old one. worker-0's agent is frozen (SIGSTOP) mid-rollout so that it holds
+    the pool's only slot for as long as the test looks."""
+    workers = NODES[:3]
+    kube.apply(node_objects(nodes, workers) + [cluster.pool("worker", max_unavailable=1)])
+    kube.apply([cluster.pinned_image_set("wait-pinned-images", [nodes.images["app-a"]], role="worker")])
+    controllers("controller-a")
+    wait_for("generation 1 everywhere", lambda: all_current(kube, workers, "wait-pinned-images", 1))
+    frozen = nodes.nodes["worker-0"].agent.proc
+    frozen.send_signal(signal.SIGSTOP)
+    try:
+        kube.apply([cluster.pinned_image_set("wait-pinned-images", [nodes.images["app-a"], nodes.images["app-b"]],
+                                             role="worker", generation=2)])
+
+        def shown() -> dict[str, tuple]:
+            found = {}
+            for item in kube.get("machineconfignodes")["items"]:
+                status = item.get("status") or {}
+                entry = next((s for s in status.get("pinnedImageSets") or [] if s["name"] == "wait-pinned-images"), {})
+                progressing = next((c for c in status.get("conditions") or []
+                                    if c["type"] == "PinnedImageSetsProgressing"), {})
+                found[item["metadata"]["name"]] = (entry.get("desiredGeneration"), entry.get("currentGeneration"),
+                                                   progressing.get("status"), progressing.get("reason"),
+                                                   progressing.get("message", ""))
+            return found
+
+        last: list[dict] = [{}]
+
+        def waiting() -> dict | None:
+            last[0] = found = shown()
+            ok = all(found.get(n, ())[:3] == (2, 1, "True") for n in workers) and all(
+                found[n][3] == "WaitingForSlot" for n in workers[1:])
+            return found if ok else None
+
+        try:
+            seen = wait_for("every node desiring generation 2, worker-1 and worker-2 waiting", waiting, timeout=20)
+        except AssertionError as e:
+            raise AssertionError(f"{e}; (desired, current, Progressing status, reason, message) per "
+                                 f"MachineConfigNode: {last[0]}") from None
+        assert seen["worker-0"][3] == "ImagePrefetch", seen  # the one applying
+        for name in workers[1:]:
+            assert "waits for its turn in pool worker" in seen[name][4] and "at most 1" in seen[name][4], seen
+        time.sleep(2)  # still waiting, nothing else written meanwhile
+        assert shown() == seen
+    finally:
+        frozen.send_signal(signal.SIGCONT)
+    wait_for("generation 2 everywhere", lambda: all_current(kube, workers, "wait-pinned-images", 2))
+    assert all(conditions(kube, n)["PinnedImageSetsProgressing"]["status"] == "False" for n in workers)
 
 
 def test_a_down_agent_degrades_its_node_only(kube, nodes, controllers):
