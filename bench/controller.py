@@ -88,37 +88,102 @@ def cluster_objects(args, endpoints: list[str]) -> tuple[list[dict], list[dict],
     return nodes, pool_docs, sets
 
 
-def request_counts(kube: KubeCluster) -> dict[tuple[str, str], float]:
-    """apiserver_request_total by (resource, verb), from the API server's /metrics."""
+def _api_metrics(kube: KubeCluster) -> str:
     context = ssl.create_default_context(cafile=str(kube.ca_file))
     request = urllib.request.Request(f"{kube.server}/metrics", headers={"Authorization": f"Bearer {kube.token}"})
-    text = urllib.request.urlopen(request, context=context, timeout=30).read().decode()
-    counts: dict[tuple[str, str], float] = {}
-    for labels, value in re.findall(r"^apiserver_request_total\{([^}]*)\} (\S+)$", text, re.M):
+    return urllib.request.urlopen(request, context=context, timeout=30).read().decode()
+
+
+def _by_request(text: str, metric: str) -> dict[tuple[str, str], float]:
+    """A metric of the API server summed by (resource[/subresource], verb)."""
+    found: dict[tuple[str, str], float] = {}
+    for labels, value in re.findall(rf"^{metric}\{{([^}}]*)\}} (\S+)$", text, re.M):
         fields = dict(re.findall(r'(\w+)="([^"]*)"', labels))
         key = (fields.get("resource", "") + (f"/{fields['subresource']}" if fields.get("subresource") else ""),
                fields.get("verb", ""))
-        counts[key] = counts.get(key, 0) + float(value)
-    return counts
+        found[key] = found.get(key, 0) + float(value)
+    return found
+
+
+def request_counts(kube: KubeCluster) -> dict[tuple[str, str], float]:
+    """apiserver_request_total by (resource, verb), from the API server's /metrics."""
+    return _by_request(_api_metrics(kube), "apiserver_request_total")
+
+
+def request_seconds(kube: KubeCluster) -> tuple[dict, dict]:
+    """(seconds, count) of apiserver_request_duration_seconds by (resource, verb): the time
+    the API server itself took, from reading a request to writing its response."""
+    text = _api_metrics(kube)
+    return (_by_request(text, "apiserver_request_duration_seconds_sum"),
+            _by_request(text, "apiserver_request_duration_seconds_count"))
 
 
 def delta(after: dict, before: dict) -> dict:
     return {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0) > 0}
 
 
-def sim_calls(sims) -> dict[str, int]:
-    """The simulators' call counters right now (SIGUSR1 makes each write its statistics)."""
+def sim_stats(sims) -> list[dict]:
+    """The simulators' statistics right now (SIGUSR1 makes each write them)."""
     for sim in sims:
         sim.stats.unlink(missing_ok=True)
         sim.proc.send_signal(signal.SIGUSR1)
-    total: dict[str, int] = {}
+    found = []
     for sim in sims:
         deadline = time.monotonic() + 10
         while not sim.stats.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
-        for rpc, count in json.loads(sim.stats.read_text())["calls"].items():
+        found.append(json.loads(sim.stats.read_text()))
+    return found
+
+
+def sim_calls(sims) -> dict[str, int]:
+    """The simulators' call counters right now."""
+    total: dict[str, int] = {}
+    for stats in sim_stats(sims):
+        for rpc, count in stats["calls"].items():
             total[rpc] = total.get(rpc, 0) + count
     return total
+
+
+def _summary(values: list[float]) -> dict:
+    values = sorted(values)
+    if not values:
+        return {}
+    return {"mean": round(sum(values) / len(values), 3), "p50": round(values[len(values) // 2], 3),
+            "p90": round(values[int(len(values) * 0.9)], 3), "max": round(values[-1], 3)}
+
+
+def breakdown(stats: list[dict], pool_of: dict[str, str], width: int, t0: float, t_done: float) -> dict:
+    """Where a rollout's time went, from the simulators' per-node timelines (CLOCK_MONOTONIC,
+    the same clock as this process): per node the GetStatus, CheckSpace, Apply and its end
+    after `t0` (the kubectl apply). In each pool the k-th node to start took the slot the
+    (k - width)-th Apply to end freed: `handover` is from that end to the node's Apply (the
+    controller learning the Apply ended, its pass, the start; the node's pre-flight ran
+    before, while it waited in line); `first` is t0 to each first-wave Apply (kubectl, the
+    watch, the first pass, the first wave's pre-flight); `status` (GetStatus to CheckSpace)
+    and `check` (CheckSpace to Apply, including the wait in line) per node; `apply` the
+    simulated work; `tail` from the last Apply's end to the moment every MachineConfigNode
+    was seen current (the result writes and the watch)."""
+    nodes: dict[str, dict[str, float]] = {}
+    for sim in stats:
+        for node, events in sim["timeline"].items():
+            for rpc, when in events:
+                if when >= t0:
+                    nodes.setdefault(node, {}).setdefault(rpc, when)  # the rollout's first of each
+    pools: dict[str, list[dict[str, float]]] = {}
+    for node, seen in nodes.items():
+        if all(k in seen for k in ("GetStatus", "CheckSpace", "Apply", "ApplyCompleted")):
+            pools.setdefault(pool_of[node], []).append(seen)
+    parts: dict[str, list[float]] = {k: [] for k in ("first", "handover", "status", "check", "apply")}
+    for members in pools.values():
+        ends = sorted(m["ApplyCompleted"] for m in members)
+        for k, m in enumerate(sorted(members, key=lambda m: m["Apply"])):
+            parts["first" if k < width else "handover"].append(m["Apply"] - (t0 if k < width else ends[k - width]))
+            parts["status"].append(m["CheckSpace"] - m["GetStatus"])
+            parts["check"].append(m["Apply"] - m["CheckSpace"])
+            parts["apply"].append(m["ApplyCompleted"] - m["Apply"])
+    last_end = max((m["ApplyCompleted"] for members in pools.values() for m in members), default=t_done)
+    return {**{k: _summary(v) for k, v in parts.items()}, "tail": round(t_done - last_end, 3)}
 
 
 async def create_nodes(kube: KubeCluster, nodes: list[dict]) -> None:
@@ -137,9 +202,11 @@ async def create_nodes(kube: KubeCluster, nodes: list[dict]) -> None:
         await api.close()
 
 
-async def watch_done(kube: KubeCluster, expected: dict[str, str], timeout: float, generation: int = 1) -> float:
-    """Seconds from `kubectl apply -f sets.yaml` until every node's MachineConfigNode has its
-    set at current = desired = `generation`."""
+async def watch_done(kube: KubeCluster, expected: dict[str, str], timeout: float,
+                     generation: int = 1) -> tuple[float, float, float]:
+    """(t0, seconds, kubectl): when `kubectl apply -f sets.yaml` started (time.monotonic),
+    the seconds until every node's MachineConfigNode had its set at current = desired =
+    `generation`, and the seconds kubectl itself took."""
     from pinsvc.controller.kubeapi import MCNS, Informer, Kube, connect
     api = await connect(str(kube.kubeconfig))
     done: set[str] = set()
@@ -160,8 +227,9 @@ async def watch_done(kube: KubeCluster, expected: dict[str, str], timeout: float
         await informer.synced.wait()
         t0 = time.monotonic()
         await asyncio.to_thread(kube.kubectl, "apply", "-f", str(kube.root / "sets.yaml"))
+        kubectl = time.monotonic() - t0
         await asyncio.wait_for(finished.wait(), timeout)
-        return time.monotonic() - t0
+        return t0, time.monotonic() - t0, kubectl
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -181,25 +249,37 @@ def rollout(kube: KubeCluster, sims, expected: dict, args, generation: int) -> d
     """One measured rollout: kubectl apply of sets.yaml until every node pins its set at
     `generation` and every pool says so; the API requests and agent calls it took."""
     per_pool = args.nodes // args.pools
-    before, calls = request_counts(kube), sim_calls(sims)
+    before, calls, seconds0 = request_counts(kube), sim_calls(sims), request_seconds(kube)
     pids = [os.getpid(), kube.apiserver.pid, kube.etcd.pid, *args.measured_pids]
     busy0, ours0 = busy_seconds(), proc_cpu(pids)
-    seconds = asyncio.run(watch_done(kube, expected, args.timeout, generation))
+    t0, seconds, kubectl = asyncio.run(watch_done(kube, expected, args.timeout, generation))
     foreign = (busy_seconds() - busy0) - (proc_cpu(pids) - ours0)
     deadline = time.monotonic() + 30
     while not pools_done(kube, per_pool) and time.monotonic() < deadline:
         time.sleep(0.2)
     requests = delta(request_counts(kube), before)
+    seconds1 = request_seconds(kube)
+    spent, answered = delta(seconds1[0], seconds0[0]), delta(seconds1[1], seconds0[1])
+    stats = sim_stats(sims)
+    calls_after = {}
+    for sim in stats:
+        for rpc, count in sim["calls"].items():
+            calls_after[rpc] = calls_after.get(rpc, 0) + count
+    pool_of = {node: pool.removesuffix("-pinned-images") for node, pool in expected.items()}
     # the bench's own requests: kubectl apply (discovery, a GET and a PATCH or POST per set), its
     # list and watch of MachineConfigNodes, the pool polls above
     own = sum(v for (resource, verb), v in requests.items()
               if resource == "pinnedimagesets" or verb == "LIST" or resource == "" or resource.startswith("openapi"))
     ideal = math.ceil(per_pool / args.max_unavailable) * args.latency
-    return {"generation": generation, "seconds": round(seconds, 2), "ideal_seconds": ideal,
+    return {"generation": generation, "seconds": round(seconds, 2), "kubectl_apply_s": round(kubectl, 2), "ideal_seconds": ideal,
             "ratio": round(seconds / ideal, 3) if ideal else None,
             "api_requests": {f"{verb} {resource}": int(v) for (resource, verb), v in sorted(requests.items())},
             "api_requests_per_node": round((sum(requests.values()) - own) / args.nodes, 2),
-            "agent_calls": {k: v - calls.get(k, 0) for k, v in sim_calls(sims).items()},
+            "api_server_mean_ms": {f"{verb} {resource}": round(1000 * spent[(resource, verb)] / n, 1)
+                                   for (resource, verb), n in sorted(answered.items())
+                                   if resource.startswith("machineconfig") and verb in ("APPLY", "PATCH")},
+            "agent_calls": {k: v - calls.get(k, 0) for k, v in calls_after.items()},
+            "breakdown_s": breakdown(stats, pool_of, args.max_unavailable, t0, t0 + seconds),
             "pools_report_all_updated": pools_done(kube, per_pool),
             "foreign_cpu_s": round(foreign, 1)}  # other work on the machine meanwhile: ~0 for clean figures
 
@@ -243,6 +323,10 @@ def run(args) -> dict:
                 raise RuntimeError("the controller did not start:\n" + (work / "controller.log").read_text()[-3000:])
             time.sleep(0.1)
         cpu0 = cpu_seconds(controller.pid)
+        if args.py_spy:  # sampled while the rollouts run, without pausing the controller
+            spy = procs.start([str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(controller.pid),
+                               "--rate", "100", "--nonblocking", "--format", "raw", "-o", str(Path(args.py_spy).resolve())],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         args.measured_pids = [controller.pid, *(sim.proc.pid for sim in sims)]
         # before any set: one MachineConfigNode per node, as on a cluster without the MCO
         t, before = time.monotonic(), request_counts(kube)
@@ -264,6 +348,9 @@ def run(args) -> dict:
         second = rollout(kube, sims, expected, args, 2)
         print(json.dumps(second), flush=True)
         cpu = cpu_seconds(controller.pid) - cpu0
+        if args.py_spy:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(timeout=30)
         calls = sim_calls(sims)
         kube.apply(sets)  # the same sets again, and a metadata-only change: no agent call
         kube.kubectl("annotate", "pinnedimagesets", "--all", "bench.pinsvc.io/noop=1")
@@ -302,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=300)
     p.add_argument("--json", help="write the result here")
     p.add_argument("--keep", action="store_true", help="keep the work directory (controller, simulator logs)")
+    p.add_argument("--py-spy", metavar="FILE", help="sample the controller during both rollouts with py-spy "
+                   "(pip install py-spy) and write its folded stacks here")
     args = p.parse_args(argv)
     result = run(args)
     print(json.dumps(result, indent=2))

@@ -32,9 +32,9 @@ ones), and runs 2 such processes to use both cores.
 
 Once serving, the process writes `--ready FILE` (JSON: pid, endpoints in order). On SIGTERM
 or SIGINT it stops and writes `--stats FILE` (on SIGUSR1 it writes it and goes on) (JSON: calls per kind, per node Apply count,
-every Apply's start/end and each RPC's first and last call on CLOCK_MONOTONIC (comparable
-across processes), its own CPU
-seconds and peak RSS), then exits 0.
+every Apply's start/end, each RPC's first and last call and, per node, when each of its
+calls came and its Applies ended (`timeline`), on CLOCK_MONOTONIC (comparable across
+processes), its own CPU seconds and peak RSS), then exits 0.
 
     .venv/bin/python bench/simagent.py --endpoints 500 --latency 1 --ready ready.json --stats stats.json
 """
@@ -120,15 +120,16 @@ class Stats:
         self.last: dict[str, float] = {}
         self.applies_per_node: dict[str, int] = {}
         self.intervals: list[tuple[float, float]] = []  # (start, end) of each completed Apply
+        self.timeline: dict[str, list[tuple[str, float]]] = {}  # node -> (RPC or "ApplyCompleted", when)
         self.in_flight = 0
         self.max_in_flight = 0
 
-
-    def call(self, rpc: str) -> None:
+    def call(self, rpc: str, node: str = "") -> None:
         now = time.monotonic()
         self.calls[rpc] += 1
         self.first.setdefault(rpc, now)
         self.last[rpc] = now
+        self.timeline.setdefault(node, []).append((rpc, now))
 
 
 class SimulatedPinService(pb_grpc.PinServiceServicer):
@@ -154,8 +155,7 @@ class SimulatedPinService(pb_grpc.PinServiceServicer):
         return node
 
     async def CheckSpace(self, request: pb.CheckSpaceRequest, context) -> pb.SpacePlan:
-        self.stats.call("CheckSpace")
-        self._node(context)
+        self.stats.call("CheckSpace", self._node(context).name)
         if self.rpc_latency:
             await asyncio.sleep(self.rpc_latency)
         return self._space(list(dict.fromkeys(request.images)))
@@ -174,16 +174,16 @@ class SimulatedPinService(pb_grpc.PinServiceServicer):
         return plan
 
     async def GetStatus(self, request: pb.GetStatusRequest, context) -> pb.NodeStatus:
-        self.stats.call("GetStatus")
         node = self._node(context)
+        self.stats.call("GetStatus", node.name)
         if self.rpc_latency:
             await asyncio.sleep(self.rpc_latency)
         return node.status(self.image_bytes)
 
     async def Apply(self, request: pb.ApplyRequest, context):
         stats = self.stats
-        stats.call("Apply")
         node = self._node(context)
+        stats.call("Apply", node.name)
         stats.applies_per_node[node.name] = stats.applies_per_node.get(node.name, 0) + 1
         problems = []
         for s in request.sets:
@@ -232,7 +232,7 @@ class SimulatedPinService(pb_grpc.PinServiceServicer):
             node.applying -= 1
             done = True
             node.changed = _now_rfc3339()
-            stats.calls["ApplyCompleted"] += 1
+            stats.call("ApplyCompleted", node.name)
             stats.intervals.append((start, time.monotonic()))
             yield pb.ApplyEvent(time_unix_nano=time.time_ns(), status=node.status(self.image_bytes))
         finally:
@@ -293,6 +293,7 @@ def _write_stats(path: Path, service: SimulatedPinService, endpoints: list[str],
         "name": name, "simulation": True, "endpoints": len(endpoints), "calls": s.calls,
         "nodes": len(service.nodes), "applies_per_node": s.applies_per_node,
         "max_in_flight": s.max_in_flight, "intervals": s.intervals, "first": s.first, "last": s.last,
+        "timeline": s.timeline,
         "current": {n.name: {k: [v.desired, v.current] for k, v in n.sets.items()}
                     for n in service.nodes.values()},
         "cpu_seconds": usage.ru_utime + usage.ru_stime, "peak_rss_mb": usage.ru_maxrss / 1024})
