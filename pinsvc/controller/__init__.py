@@ -4,6 +4,7 @@ its pools' sets with the coordinator's rollout rules, and writes MachineConfigNo
 status. See docs/controller.md.
 
 Modules: `kubeapi` (the only one that talks to the API server), `leader` (the Lease),
-`reconciler` (the loop), `desired` and `status` (pure decisions and documents), `agents`
+`cache` (the informers and the models they keep), `reconciler` (the loop), `desired` and
+`status` (pure decisions and documents), `writer` (MachineConfigNode writes), `agents`
 (calls to the node agents), `events`, `settings`, `cli`.
 """

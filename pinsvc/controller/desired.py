@@ -124,15 +124,17 @@ class PoolWork:
 @dataclass
 class Plan:
     start: list[str] = field(default_factory=list)
+    prepare: list[str] = field(default_factory=list)  # per pool, the next nodes in line (as many as it starts)
     aborted: dict[str, str] = field(default_factory=dict)  # pool -> why it starts no new node
     wake_at: float | None = None  # the earliest retry still waiting
 
 
 def schedule(pools: list[PoolWork], need: Mapping[str, bool], done: Mapping[str, bool],
              failed: Mapping[str, bool], runs: Mapping[str, Run], options: Options, now: float) -> Plan:
-    """Which nodes start now. `need`: the node needs work; `done`: it is up to date;
-    `failed`: its MachineConfigNode says it failed at this desired state (or this leader
-    found its agent unavailable)."""
+    """Which nodes start now, and which are next in line (their pre-flight can run while
+    the others apply). `need`: the node needs work; `done`: it is up to date; `failed`: its
+    MachineConfigNode says it failed at this desired state (or this leader found its agent
+    unavailable)."""
     plan = Plan()
     for pool in pools:
         if pool.paused:
@@ -146,8 +148,9 @@ def schedule(pools: list[PoolWork], need: Mapping[str, bool], done: Mapping[str,
         if options.abort_after and failures >= options.abort_after:
             plan.aborted[pool.name] = (f"pool {pool.name}: {failures} nodes failed (abort after "
                                        f"{options.abort_after}); no new node starts until they recover")
+        queued = 0
         for name in members:
-            if working >= width:
+            if working >= width and queued >= width:
                 break
             run = runs.get(name, Run())
             if not need.get(name) or run.working:
@@ -157,8 +160,12 @@ def schedule(pools: list[PoolWork], need: Mapping[str, bool], done: Mapping[str,
             if run.retry_at > now:
                 plan.wake_at = min(plan.wake_at or run.retry_at, run.retry_at)
                 continue
-            plan.start.append(name)
-            working += 1
+            if working < width:
+                plan.start.append(name)
+                working += 1
+            else:
+                plan.prepare.append(name)
+                queued += 1
     return plan
 
 

@@ -2,7 +2,10 @@
 `controller` extra; see docs/controller.md for why this library).
 
 - `connect()`: an ApiClient from a kubeconfig or, in a pod, the service account (the
-  library's loaders; tokens are re-read when they rotate).
+  library's loaders; tokens are re-read when they rotate). Its aiohttp session does not
+  look at the environment on every request (the library's `trust_env=True` makes aiohttp
+  read ~/.netrc and the proxy variables in a thread, twice per request): the proxy the
+  environment names for the API server is looked up once, here.
 - `Informer`: list, then watch from the list's resourceVersion, keeping every object of
   one resource by name as the API server returns it (plain JSON, no models). The library's
   `Watch` follows the stream's resourceVersion and bookmarks; what it leaves to callers,
@@ -25,6 +28,8 @@ import logging
 import os
 import random
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +55,7 @@ does), then resumes from its resourceVersion; a stream silent for longer than th
 REQUEST_TIMEOUT_SECONDS is taken as broken."""
 WATCH_BACKOFF = Backoff(initial_seconds=0.5, factor=2.0, max_seconds=30.0, jitter=0.2, attempts=1)
 NETWORK_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
+READ_BUFSIZE = 2**21  # as the library's own session: a watch event of a large object fits
 
 
 class KubeApiError(PinsvcError):
@@ -96,14 +102,28 @@ async def connect(kubeconfig: str = "", context: str = "") -> client.ApiClient:
         if not kubeconfig and not context and os.environ.get("KUBERNETES_SERVICE_HOST"):
             configuration = client.Configuration()
             config.load_incluster_config(client_configuration=configuration)
-            return client.ApiClient(configuration)
+            return _quiet(client.ApiClient(configuration))
         if kubeconfig and not os.path.isfile(kubeconfig):
             raise InvalidArgument(f"--kubeconfig {kubeconfig}: no such file")
-        return await config.new_client_from_config(config_file=kubeconfig or None, context=context or None,
-                                                   persist_config=False)
+        return _quiet(await config.new_client_from_config(config_file=kubeconfig or None, context=context or None,
+                                                          persist_config=False))
     except config.ConfigException as e:
         where = kubeconfig or os.environ.get("KUBECONFIG") or "the default kubeconfig (~/.kube/config)"
         raise InvalidArgument(f"Kubernetes configuration ({where}): {e}") from e
+
+
+def _quiet(api: client.ApiClient) -> client.ApiClient:
+    """`api` on a session with trust_env off (same connector, same TLS), and the proxy of the
+    environment for its server, unless the kubeconfig named one (`proxy-url`)."""
+    rest = api.rest_client
+    old = rest.pool_manager
+    rest.pool_manager = aiohttp.ClientSession(connector=old.connector, trust_env=False, read_bufsize=READ_BUFSIZE)
+    old.detach()
+    host = urllib.parse.urlsplit(api.configuration.host)
+    proxy = urllib.request.getproxies().get(host.scheme or "https")
+    if proxy and not rest.proxy and not urllib.request.proxy_bypass(host.hostname or ""):
+        rest.proxy = proxy
+    return api
 
 
 class Kube:

@@ -73,6 +73,22 @@ def test_schedule_width_canary_abort_and_backoff():
     assert schedule([PoolWork("p", nodes, 2, paused=True)], need, {}, {}, {}, Options(), 0).start == []
 
 
+def test_the_nodes_next_in_line_are_prepared_while_the_others_apply():
+    """Their pre-flight (GetStatus, CheckSpace) runs while the pool's slots are taken: as
+    many as the pool starts at once, those that could start (not failed and waiting for a
+    retry, not excluded by an abort)."""
+    nodes = tuple(f"n{i}" for i in range(6))
+    need = dict.fromkeys(nodes, True)
+    pool = PoolWork("worker", nodes, width=2)
+    plan = schedule([pool], need, {}, {}, {}, Options(), 0)
+    assert (plan.start, plan.prepare) == (["n0", "n1"], ["n2", "n3"])
+    working = {"n0": Run(working=True), "n1": Run(working=True), "n2": Run(retry_at=5)}
+    plan = schedule([pool], need, {}, {}, working, Options(), 0)
+    assert (plan.start, plan.prepare, plan.wake_at) == ([], ["n3", "n4"], 5)
+    assert schedule([pool], {"n5": True}, {}, {}, {}, Options(), 0).prepare == []
+    assert schedule([PoolWork("p", nodes, 2, paused=True)], need, {}, {}, {}, Options(), 0).prepare == []
+
+
 def test_node_status_keeps_the_rules():
     agent = pb.NodeStatus(pinned_image_sets=[pb.PinnedImageSetStatus(name="s1", desired_generation=2,
                                                                      current_generation=1, last_failed_generation=2,
