@@ -24,7 +24,7 @@ log = logging.getLogger("pinsvc.controller")
 
 
 class Cache:
-    def __init__(self, kube: Kube, events: Recorder, poke: Callable[[], None]):
+    def __init__(self, kube: Kube, events: Recorder, poke: Callable[..., None]):
         self.kube = kube
         self.events = events
         self.poke = poke
@@ -67,7 +67,7 @@ class Cache:
                 into.pop(name, None)
             else:
                 into[name] = model
-        self.poke()
+            self.poke()
 
     def _on_node(self, kind: str, obj: dict) -> None:
         self._parsed(kind, obj, self.nodes)
@@ -88,9 +88,11 @@ class Cache:
                 self.invalid[name] = placeholder
                 self.topology_dirty = True
                 self.events.emit(self.set_resource, obj, "InvalidPinnedImageSet", "; ".join(problems), warning=True)
+                self.poke()
             self.sets.pop(name, None)
         elif self.invalid.pop(name, None) is not None:
             self.topology_dirty = True
+            self.poke()
         self._parsed("DELETED" if model is None else kind, obj, self.sets)
 
     def _on_mcn(self, kind: str, obj: dict) -> None:
@@ -105,7 +107,7 @@ class Cache:
             self.versions[name] = version
             self.observed[name] = st.observe(obj)
         self.pools_dirty = True
-        self.poke()
+        self.poke(name)
 
     def forget(self, name: str) -> None:
         """A MachineConfigNode the controller deleted."""

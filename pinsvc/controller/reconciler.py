@@ -58,6 +58,13 @@ class Reconciler:
         self.evaluated: dict[str, tuple] = {}  # node -> (desired, observed, pool, done, failed, action, verdict)
         self.preflights: dict[str, tuple[tuple, asyncio.Task]] = {}  # node -> (run key, its pre-flight)
         self.urgent = False  # a slot is free: the next pass runs without the debounce
+        self.full = True  # the next pass looks at every node, else only at `dirty` ones
+        self.dirty: set[str] = set()  # nodes something happened to since the last pass
+        # what the passes found, per node (kept between passes: a pass updates its dirty nodes)
+        self.need: dict[str, bool] = {}
+        self.done: dict[str, bool] = {}
+        self.failed: dict[str, bool] = {}
+        self.unpins: set[str] = set()  # nodes that left every pool and still pin something
         self.busy: set[str] = set()  # nodes with a status write or delete in flight
         self.announcing: set[str] = set()  # nodes with an announcement queued or in flight
         self.retry_write: dict[str, float] = {}
@@ -96,7 +103,12 @@ class Reconciler:
         task.add_done_callback(self.tasks.discard)
         return task
 
-    def _poke(self, urgent: bool = False) -> None:
+    def _poke(self, name: str | None = None, *, urgent: bool = False) -> None:
+        """Wakes the loop to look at node `name` again, or at every node."""
+        if name is None:
+            self.full = True
+        else:
+            self.dirty.add(name)
         self.urgent = self.urgent or urgent
         self.wake.set()
 
@@ -141,23 +153,42 @@ class Reconciler:
         return seen
 
     def _pass(self, now: float) -> float | None:
+        """Looks at the nodes something happened to (every node after a change of sets,
+        pools or nodes, or a timer) and schedules the pools they are in: during a rollout a
+        freed slot or a written status costs a look at one node and one pool, not at all."""
+        full = self.full or self.cache.topology_dirty
         if self.cache.topology_dirty:
             self._recompute()
-        need, done, failed, unpins, announce = {}, {}, {}, [], []
-        for name in self.desired.keys() | self.observed.keys():
+        names = self.desired.keys() | self.observed.keys() if full else self.dirty
+        self.full, self.dirty = False, set()
+        if full:
+            self.need, self.done, self.failed, self.unpins = {}, {}, {}, set()
+        pools, announce = set(), []
+        for name in names:
+            self.need.pop(name, None)
+            if name in self.unpins:
+                self.unpins.discard(name)
+                pools.add("")
+            if name not in self.desired and name not in self.observed:
+                for memory in (self.done, self.failed, self.evaluated, self.settled):
+                    memory.pop(name, None)
+                continue
             run = self.runs.get(name)
-            desired, observed, pool, done[name], failed_at, action, verdict = self._evaluate(name)
-            failed[name] = bool(run and run.unavailable) or failed_at
+            desired, observed, pool, self.done[name], failed_at, action, verdict = self._evaluate(name)
+            self.failed[name] = bool(run and run.unavailable) or failed_at
+            target = desired.target if desired else None
+            if target is not None:
+                pools.add(target.pool)
             if (run and run.working) or name in self.busy:
                 continue
             memo = self.settled.get(name)
             if memo and memo[0] is desired and memo[1] is observed and memo[2] is pool:
                 continue
-            target = desired.target if desired else None
             if action == WORK:
-                need[name] = True
+                self.need[name] = True
                 if target is None:
-                    unpins.append(name)
+                    self.unpins.add(name)
+                    pools.add("")
                 elif not st.announced(target, observed) and name not in self.announcing:
                     announce.append(name)
             elif action == WRITE and self.retry_write.get(name, 0) <= now:
@@ -170,12 +201,13 @@ class Reconciler:
             elif action != WRITE:
                 self.settled[name] = (desired, observed, pool)
         work = [PoolWork(pool, members, pool_width(self.pools[pool], len(members)), self.pools[pool].paused)
-                for pool, members in self.members.items() if pool in self.pools]
-        if unpins:  # nodes that left every pool: pinning nothing is not limited by a pool
-            work.append(PoolWork("", tuple(sorted(unpins)), max(len(unpins), 1)))
-        plan = schedule(work, need, done, failed, self.runs, self.settings.rollout, now)
-        self.aborted = plan.aborted
-        for name in [n for n in self.preflights if not need.get(n)]:
+                for pool, members in self.members.items() if pool in self.pools and (full or pool in pools)]
+        if self.unpins and (full or "" in pools):  # nodes that left every pool: not limited by a pool
+            work.append(PoolWork("", tuple(sorted(self.unpins)), len(self.unpins)))
+        plan = schedule(work, self.need, self.done, self.failed, self.runs, self.settings.rollout, now)
+        self.aborted = plan.aborted if full else {
+            **{p: why for p, why in self.aborted.items() if p not in pools}, **plan.aborted}
+        for name in [n for n in self.preflights if not self.need.get(n)]:
             self.preflights.pop(name)[1].cancel()
         for name in plan.start:
             self._start(name)
@@ -251,7 +283,7 @@ class Reconciler:
             # again on the old status).
             self.busy.add(name)
             run.working = False
-            self._poke(urgent=True)
+            self._poke(name, urgent=True)
             await self._finish(name, target, run, outcome)
         except KubeApiError as e:
             log.warning("node %s: status not written: %s", name, e)
@@ -259,7 +291,7 @@ class Reconciler:
             run.working = False
             self.busy.discard(name)
             self.cache.pools_dirty = True
-            self._poke()
+            self._poke(name)
 
     async def _finish(self, name: str, target: Target, run: Run, outcome: Outcome) -> None:
         if outcome.applied:
@@ -295,7 +327,7 @@ class Reconciler:
             self.retry_write[name] = time.monotonic() + self.settings.failure_backoff.delay(1)
         finally:
             self.busy.discard(name)
-            self._poke()
+            self._poke(name)
 
     async def _announce(self, name: str) -> None:
         """Writes the node's new desired generations (current ones unchanged) and why it
@@ -333,6 +365,7 @@ class Reconciler:
             await self.agents.forget(name)
         except KubeApiError as e:
             log.warning("node %s: MachineConfigNode not deleted: %s", name, e)
+            asyncio.get_running_loop().call_later(self.settings.failure_backoff.delay(1), self._poke, name)
         finally:
             self.busy.discard(name)
 
