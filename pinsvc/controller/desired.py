@@ -140,7 +140,7 @@ def schedule(pools: list[PoolWork], need: Mapping[str, bool], done: Mapping[str,
         if pool.paused:
             continue
         members = pool.members
-        working = sum(1 for n in members if runs.get(n, Run()).working)
+        working = sum(1 for n in members if (run := runs.get(n)) is not None and run.working)
         width = options.max_parallel or pool.width
         if options.canary and sum(1 for n in members if done.get(n)) < min(options.canary, len(members)):
             width = min(width, options.canary)

@@ -130,7 +130,11 @@ class Reconciler:
 
     def _recompute(self) -> None:
         cluster = Cluster(self.sets, self.pools, self.nodes)
-        self.desired = targets(cluster, self.cache.invalid, port=self.settings.port, endpoints=self.settings.endpoints)
+        old = self.desired
+        # a node whose desired state did not change keeps the same object: it is not evaluated again
+        self.desired = {name: old[name] if old.get(name) == new else new for name, new in
+                        targets(cluster, self.cache.invalid, port=self.settings.port,
+                                endpoints=self.settings.endpoints).items()}
         members: dict[str, list[str]] = {}
         for name, desired in self.desired.items():
             if desired.target is not None:
