@@ -315,6 +315,7 @@ def run(args) -> dict:
         log = (work / "controller.log").open("w")
         controller = procs.start([sys.executable, "-m", "pinsvc.controller.cli", "--kubeconfig", str(kube.kubeconfig),
                                   "--lease-namespace", "default", "--concurrency", str(args.concurrency),
+                                  "--http-address", "127.0.0.1:0",  # probes and metrics: loopback only
                                   "--insecure"],  # the simulated agents: TCP plaintext
                                  stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,13 +19,19 @@ TEST_LEASE = ("--lease-duration", "4", "--renew-deadline", "3", "--retry-period"
 
 
 class ControllerProcess:
+    """`http` is where it serves /healthz, /readyz and /metrics (a free loopback port)."""
+
     def __init__(self, workdir: Path, kubeconfig: Path, *args: str, identity: str = "controller",
                  lease_namespace: str = "pinsvc"):
         self.workdir = Path(workdir)
         self.log_path = self.workdir / f"{identity}.log"
         self.identity = identity
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.http = f"http://127.0.0.1:{port}"
         self.args = ["--kubeconfig", str(kubeconfig), "--identity", identity, "--lease-namespace", lease_namespace,
-                     *args]
+                     "--http-address", f"127.0.0.1:{port}", *args]
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> ControllerProcess:

@@ -5,6 +5,7 @@ status. See docs/controller.md.
 
 Modules: `kubeapi` (the only one that talks to the API server), `leader` (the Lease),
 `cache` (the informers and the models they keep), `reconciler` (the loop), `desired` and
-`status` (pure decisions and documents), `writer` (MachineConfigNode writes), `agents`
-(calls to the node agents), `events`, `settings`, `cli`.
+`status` (pure decisions and documents), `writer` (MachineConfigNode writes), `pools` (pool
+status), `agents` (calls to the node agents), `probes` (/healthz, /readyz, /metrics),
+`events`, `settings`, `cli`.
 """

@@ -24,6 +24,7 @@ from pinsvc import console, errors, tracing
 from pinsvc.client import add_tls_arguments, connect, insecure_from_args, tls_from_args
 from pinsvc.coordinator import selection
 from pinsvc.coordinator.rollout import DEFAULT_PORT, Options
+from pinsvc.metrics import parse_address
 from pinsvc.retry import Backoff
 
 log = logging.getLogger("pinsvc.controller")
@@ -60,6 +61,9 @@ def parser() -> argparse.ArgumentParser:
     lead.add_argument("--lease-duration", type=int, default=15, help="seconds")
     lead.add_argument("--renew-deadline", type=int, default=10, help="seconds")
     lead.add_argument("--retry-period", type=int, default=2, help="seconds")
+    p.add_argument("--http-address", default=":8080",
+                   help="serve /healthz (liveness), /readyz (readiness) and Prometheus /metrics over HTTP on this "
+                        "host:port (':8080' = every interface, for the kubelet's probes; '' = off)")
     p.add_argument("--log-level", default="info", help="debug, info, warning or error")
     p.add_argument("--otlp-endpoint", default="", help="OTLP endpoint for traces (gRPC unless OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf; default: OTEL_EXPORTER_OTLP_ENDPOINT)")
     add_tls_arguments(p)
@@ -77,7 +81,12 @@ def settings_from(args: argparse.Namespace):
                       parallelism=args.parallelism, preflight=not args.no_preflight,
                       backoff=Backoff(initial_seconds=1.0, factor=2.0, max_seconds=30.0, jitter=0.2,
                                       attempts=max(args.retries, 1)))
-    return Settings(kubeconfig=args.kubeconfig, context=args.context, port=args.port,
+    if args.http_address:
+        try:
+            parse_address(args.http_address)
+        except ValueError as e:
+            raise errors.InvalidArgument(f"--http-address: {e}, e.g. :8080 or 127.0.0.1:8080")
+    return Settings(kubeconfig=args.kubeconfig, context=args.context, port=args.port, http_address=args.http_address,
                     endpoints=selection.load_endpoint_map(args.endpoints) if args.endpoints else {},
                     rollout=options, progress_after_seconds=args.progress_after,
                     failure_backoff=Backoff(initial_seconds=args.failure_backoff, factor=2.0,
@@ -88,6 +97,7 @@ def settings_from(args: argparse.Namespace):
 async def run(settings, tls, insecure: bool = False) -> None:
     try:
         from pinsvc.controller import kubeapi, leader
+        from pinsvc.controller.probes import Metrics, ProbeServer, State
         from pinsvc.controller.reconciler import Reconciler
     except ImportError as e:
         raise errors.InvalidArgument(f"the controller needs kubernetes_asyncio: pip install 'pinsvc[controller]' ({e})")
@@ -101,12 +111,22 @@ async def run(settings, tls, insecure: bool = False) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, main.cancel)
     log.info("pinsvc-controller %s starting against %s", identity, kube.server)
+    state = State()
+    metrics = Metrics(state)
+    probes = ProbeServer(state, metrics, settings.http_address) if settings.http_address else None
     try:
+        if probes is not None:
+            try:
+                await probes.start()
+            except OSError as e:
+                raise errors.InvalidArgument(f"--http-address {settings.http_address}: cannot listen: {e}") from e
         await leader.run_elected(lease_api, settings.leadership, identity,
-                                 lambda: Reconciler(kube, settings, agents, identity).run())
+                                 lambda: Reconciler(kube, settings, agents, identity, state, metrics).run(), state)
     except asyncio.CancelledError:
         log.info("stopped (%d API requests)", kube.requests)
     finally:
+        if probes is not None:
+            await probes.stop()
         await asyncio.gather(api.close(), lease_api.close())
 
 

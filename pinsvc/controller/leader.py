@@ -26,26 +26,34 @@ from kubernetes_asyncio.leaderelection.leaderelection import LeaderElection
 from kubernetes_asyncio.leaderelection.resourcelock.leaselock import LeaseLock
 
 from pinsvc.controller.kubeapi import NETWORK_ERRORS
+from pinsvc.controller.probes import State
 from pinsvc.controller.settings import Leadership
 
 log = logging.getLogger("pinsvc.controller.leader")
 
 
 class Lock(LeaseLock):
-    """A LeaseLock whose calls take at most `timeout` seconds and fail softly."""
+    """A LeaseLock whose calls take at most `timeout` seconds and fail softly; each read
+    records in `state.api_error` whether the API server answered it (readiness)."""
 
-    def __init__(self, name: str, namespace: str, identity: str, api: ApiClient, timeout: float):
+    def __init__(self, name: str, namespace: str, identity: str, api: ApiClient, timeout: float, state: State):
         super().__init__(name, namespace, identity, api)
         self.timeout = timeout
+        self.state = state
 
     async def get(self, name, namespace):
         try:
             async with asyncio.timeout(self.timeout):
-                return await super().get(name, namespace)
+                found, record = await super().get(name, namespace)
         except NETWORK_ERRORS as e:
             error = ApiException(status=503, reason=f"API server unreachable: {type(e).__name__}: {e}")
             error.body = json.dumps({"code": 503})  # what the election reads from a failed get
+            self.state.api_error = f"Lease {namespace}/{name} not read: {error.reason}"
             return False, error
+        answered = found or (isinstance(record, ApiException) and record.status == 404)
+        self.state.api_error = "" if answered else (
+            f"Lease {namespace}/{name} not read: HTTP {getattr(record, 'status', '?')}: {getattr(record, 'reason', record)}")
+        return found, record
 
     async def create(self, name, namespace, election_record) -> bool:
         try:
@@ -78,9 +86,11 @@ class Lock(LeaseLock):
 
 
 async def run_elected(api: ApiClient, leadership: Leadership, identity: str,
-                      work: Callable[[], Awaitable[None]]) -> None:
+                      work: Callable[[], Awaitable[None]], state: State | None = None) -> None:
     """Campaigns for the Lease and runs `work()` while holding it, again after each loss,
-    until cancelled (then the Lease is released) or `work()` fails (its error is raised)."""
+    until cancelled (then the Lease is released) or `work()` fails (its error is raised).
+    `state.leading` says whether `work()` runs."""
+    state = state or State()
     namespace = leadership.resolved_namespace()
     failed: asyncio.Future = asyncio.get_running_loop().create_future()
     leading: list[asyncio.Task] = []
@@ -88,6 +98,7 @@ async def run_elected(api: ApiClient, leadership: Leadership, identity: str,
     async def lead() -> None:
         leading.append(asyncio.current_task())
         log.info("%s leads (Lease %s/%s)", identity, namespace, leadership.lease_name)
+        state.leading, state.synced = True, False
         try:
             await work()
         except asyncio.CancelledError:
@@ -96,6 +107,8 @@ async def run_elected(api: ApiClient, leadership: Leadership, identity: str,
         except Exception as e:
             if not failed.done():
                 failed.set_exception(e)
+        finally:
+            state.leading, state.synced = False, False
 
     async def stopped() -> None:
         log.warning("%s lost the Lease %s/%s (could not renew it for %ds)", identity, namespace,
@@ -105,7 +118,8 @@ async def run_elected(api: ApiClient, leadership: Leadership, identity: str,
     try:
         while True:
             lock = Lock(leadership.lease_name, namespace, identity, api,
-                        timeout=max(leadership.retry_period_seconds, leadership.renew_deadline_seconds / 2))
+                        timeout=max(leadership.retry_period_seconds, leadership.renew_deadline_seconds / 2),
+                        state=state)
             election = LeaderElection(Config(lock, leadership.lease_seconds, leadership.renew_deadline_seconds,
                                              leadership.retry_period_seconds, onstarted_leading=lead,
                                              onstopped_leading=stopped))

@@ -2,17 +2,19 @@
 controller holds the Lease.
 
 Four informers keep PinnedImageSets, MachineConfigPools, Nodes and MachineConfigNodes in
-memory (`cache`); any change only wakes the loop. Each pass recomputes what every node
-needs from those objects alone (`desired`; a node whose objects are the same objects as at
-the last pass is not evaluated again), starts the node attempts the rollout rules allow
-(`desired.schedule`), runs the pre-flight of the nodes next in line while the others apply,
-writes the MachineConfigNode status the controller owns (`writer`) and, at most once per
-`status_interval_seconds` per pool, the pool's synchronizer status. As the Machine Config
-Operator does, a change's new desired generations are written to every node it concerns
-at once ("announced"), each waiting node saying it waits. A node's Apply that ends frees
-its slot at once: the next pass runs without the debounce and no status write is waited
-for. The API server is the store: a node is done when its MachineConfigNode says so, so a
-new leader resumes where the old one stopped, and a no-op change calls no agent.
+memory (`cache`); any change only wakes the loop. Each pass decides what the nodes need
+from those objects alone (`desired`): after a change of sets, pools or nodes every node,
+else only the nodes something happened to (a freed slot, a written status, an event of
+their MachineConfigNode), and a node whose objects are the same objects as at the last
+pass is not evaluated again. It starts the node attempts the rollout rules allow in those
+nodes' pools (`desired.schedule`), runs the pre-flight of the nodes next in line while the
+others apply, and writes the MachineConfigNode status the controller owns (`writer`); at
+most once per `status_interval_seconds`, the pools' synchronizer status (`pools`). As the
+Machine Config Operator does, a change's new desired generations are written to every node
+it concerns at once ("announced"), each waiting node saying it waits. A node's Apply that
+ends frees its slot at once (the next pass runs without the debounce, no status write
+waited for). The API server is the store: a node is done when its MachineConfigNode says
+so, so a new leader resumes where the old one stopped, and a no-op change calls no agent.
 """
 
 from __future__ import annotations
@@ -24,13 +26,14 @@ from collections.abc import Callable
 
 from pinsvc_client import PinClient
 
-from pinsvc.controller import status as st
+from pinsvc.controller import pools, status as st
 from pinsvc.controller.agents import UNAVAILABLE, UPDATED, Agents, Outcome, Preflight
 from pinsvc.controller.cache import Cache
 from pinsvc.controller.desired import (DELETE, STAND_ASIDE, WORK, WRITE, Desired, PoolWork, Run, decide, pool_width,
                                        run_key, schedule, targets, unavailable_verdict, unpin_target, waiting_verdict)
 from pinsvc.controller.events import Recorder
-from pinsvc.controller.kubeapi import NODES, POOLS, Kube, KubeApiError, now_rfc3339
+from pinsvc.controller.kubeapi import NODES, Kube, KubeApiError
+from pinsvc.controller.probes import Metrics, State
 from pinsvc.controller.settings import Settings
 from pinsvc.controller.writer import ANNOUNCE, Writer
 from pinsvc.coordinator.objects import Cluster
@@ -42,13 +45,15 @@ NONE = st.Observed()  # the MachineConfigNode of a node that has none
 
 
 class Reconciler:
-    def __init__(self, kube: Kube, settings: Settings, connect: Callable[[str, str], PinClient], identity: str):
+    def __init__(self, kube: Kube, settings: Settings, connect: Callable[[str, str], PinClient], identity: str,
+                 state: State | None = None, metrics: Metrics | None = None):
         self.kube = kube
         self.settings = settings
+        self.state = state or State()
+        self.metrics = metrics or Metrics(self.state)
         self.agents = Agents(connect, settings.rollout)
         self.events = Recorder(kube, identity)
-        self.cache = Cache(kube, self.events, self._poke)
-        # the cache's dicts (updated in place, never replaced), by shorter names
+        self.cache = Cache(kube, self.events, self._poke)  # its dicts, updated in place, by shorter names:
         self.sets, self.pools, self.nodes, self.observed = (self.cache.sets, self.cache.pools, self.cache.nodes,
                                                             self.cache.observed)
         self.desired: dict[str, Desired] = {}
@@ -61,9 +66,7 @@ class Reconciler:
         self.full = True  # the next pass looks at every node, else only at `dirty` ones
         self.dirty: set[str] = set()  # nodes something happened to since the last pass
         # what the passes found, per node (kept between passes: a pass updates its dirty nodes)
-        self.need: dict[str, bool] = {}
-        self.done: dict[str, bool] = {}
-        self.failed: dict[str, bool] = {}
+        self.need, self.done, self.failed = {}, {}, {}  # node -> bool
         self.unpins: set[str] = set()  # nodes that left every pool and still pin something
         self.busy: set[str] = set()  # nodes with a status write or delete in flight
         self.announcing: set[str] = set()  # nodes with an announcement queued or in flight
@@ -88,12 +91,15 @@ class Reconciler:
                 await asyncio.gather(*(i.synced.wait() for i in informers))
                 log.info("caches synced: %d nodes, %d pools, %d sets, %d MachineConfigNodes", len(self.nodes),
                          len(self.pools), len(self.sets), len(self.observed))
+                self.state.synced = True
                 group.create_task(self._loop())
-                group.create_task(self._pool_loop())
+                group.create_task(pools.report(self))
         finally:
+            self.state.synced = False
             for task in list(self.tasks):
                 task.cancel()
             await asyncio.gather(*self.tasks, return_exceptions=True)
+            self.metrics.queue_depth.set(0)
             await self.agents.aclose()
             await self.events.aclose()
 
@@ -121,7 +127,9 @@ class Reconciler:
                 await asyncio.sleep(self.settings.debounce_seconds)
             self.wake.clear()
             self.urgent = False
-            wake_at = self._pass(time.monotonic())
+            started = time.monotonic()
+            wake_at = self._pass(started)
+            self.metrics.reconcile_duration.observe(time.monotonic() - started)
             if wake_at is not None and (self.timer is None or self.timer.when() > wake_at
                                         or self.timer.when() < time.monotonic()):
                 if self.timer is not None:
@@ -165,6 +173,7 @@ class Reconciler:
             self._recompute()
         names = self.desired.keys() | self.observed.keys() if full else self.dirty
         self.full, self.dirty = False, set()
+        self.metrics.reconciles.labels("all" if full else "changed").inc()
         if full:
             self.need, self.done, self.failed, self.unpins = {}, {}, {}, set()
         pools, announce = set(), []
@@ -220,6 +229,7 @@ class Reconciler:
         for name in announce:
             self.announcing.add(name)
             self._spawn(self._announce(name))
+        self.metrics.queue_depth.set(len(self.need))
         return min((t for t in (plan.wake_at, *self.retry_write.values()) if t is not None and t > now), default=None)
 
     def _target(self, name: str) -> Target | None:
@@ -256,6 +266,7 @@ class Reconciler:
             preflight.cancel()
             preflight = None
         run.working = True
+        self.metrics.applying.inc()
         self._spawn(self._work(name, target, run, preflight))
 
     # ---- a node's attempt --------------------------------------------------------------------
@@ -282,17 +293,23 @@ class Reconciler:
             prepared: Preflight | None = await preflight if preflight is not None else None
             outcome = await self.agents.converge(target, lambda: self._spawn(say_progressing()), prepared)
             ended.set()
+            self.metrics.applies.labels(outcome.state.lower() if outcome.applied or outcome.state != UPDATED
+                                        else "already_current").inc()
             # The agent is done: the node's slot goes to the next node at once, without waiting
             # for any status write; until its result is written the node is busy (never started
             # again on the old status).
             self.busy.add(name)
             run.working = False
+            self.metrics.applying.dec()
             self._poke(name, urgent=True)
             await self._finish(name, target, run, outcome)
         except KubeApiError as e:
             log.warning("node %s: status not written: %s", name, e)
+            self.metrics.status_write_failures.inc()
         finally:
-            run.working = False
+            if run.working:  # cancelled before the agent was done
+                run.working = False
+                self.metrics.applying.dec()
             self.busy.discard(name)
             self.cache.pools_dirty = True
             self._poke(name)
@@ -328,6 +345,7 @@ class Reconciler:
             self.retry_write.pop(name, None)
         except KubeApiError as e:
             log.warning("node %s: status not written: %s", name, e)
+            self.metrics.status_write_failures.inc()
             self.retry_write[name] = time.monotonic() + self.settings.failure_backoff.delay(1)
         finally:
             self.busy.discard(name)
@@ -380,41 +398,3 @@ class Reconciler:
         log.info("%s", message)
         if name in self.nodes:
             self.events.emit(NODES, self.cache.raw(NODES, name), "ManagedElsewhere", message)
-
-    # ---- pools ---------------------------------------------------------------------------------
-
-    async def _pool_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.status_interval_seconds)
-            if self.cache.pools_dirty:
-                self.cache.pools_dirty = False
-                await asyncio.gather(*(self._pool(name) for name in self.pools))
-                self._completions()
-
-    async def _pool(self, name: str) -> None:
-        raw = self.cache.raw(POOLS, name)
-        members = st.pool_members(self.members.get(name, ()), self.desired, self.observed, self.runs)
-        ours = any(s.get("poolSynchronizerType") == st.SYNCHRONIZER
-                   for s in (raw.get("status") or {}).get("poolSynchronizersStatus") or [])
-        if not members and not ours:
-            return
-        new = st.pool_status(raw, members, now=now_rfc3339(), aborted=self.aborted.get(name, ""))
-        if not st.pool_changed(raw, new):
-            return
-        body = {"metadata": {"resourceVersion": raw["metadata"]["resourceVersion"]}, "status": new}
-        try:
-            await self.kube.merge_patch(POOLS, name, body, subresource="status")
-        except KubeApiError as e:  # 409: changed meanwhile; the watch brings the new one and a new try
-            log.log(logging.INFO if e.status == 409 else logging.WARNING, "pool %s: status not written: %s", name, e)
-            self.cache.pools_dirty = True
-
-    def _completions(self) -> None:
-        """A Normal event on each set whose current generation every node that should pin
-        it now pins, once per set generation this controller applied somewhere."""
-        for set_name, generation, nodes in st.completed(self.touched, self.sets, self.desired, self.observed):
-            self.touched.discard((set_name, generation))
-            if nodes:
-                resource = self.cache.set_resource
-                self.events.emit(resource, self.cache.raw(resource, set_name), "RolloutComplete",
-                                 f"generation {generation} is pinned on all {nodes} nodes that should pin it",
-                                 key=(generation,))

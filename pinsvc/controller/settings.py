@@ -60,3 +60,4 @@ class Settings:
     status_interval_seconds: float = 1.0  # at most one pool status write per pool this often
     debounce_seconds: float = 0.02  # events this close together make one reconcile pass
     leadership: Leadership = Leadership()
+    http_address: str = ":8080"  # /healthz, /readyz, /metrics ('' = off)

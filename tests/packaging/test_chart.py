@@ -46,7 +46,7 @@ NON_DEFAULT = {
               "reload": {"strategy": "none"}, "port": 9555, "metrics": "", "logFormat": "text",
               "otlpEndpoint": "http://otel-collector.observability:4317",
               "extraArgs": ["--pull-parallelism=3"]},
-    "controller": {"replicas": 3, "otlpEndpoint": "http://otel-collector.observability:4317"},
+    "controller": {"replicas": 3, "httpPort": 9090, "otlpEndpoint": "http://otel-collector.observability:4317"},
     "coordinator": {"enabled": False},
     "crds": {"install": True},
 }
@@ -170,6 +170,8 @@ def test_non_default_values_mean_what_they_say(helm, values_file):
     assert (args.port, args.tls_server_name, args.otlp_endpoint) == (9555, "agents.pin-system",
                                                                     "http://otel-collector.observability:4317")
     assert objects["Deployment", "pin-system", "pinsvc-controller"]["spec"]["replicas"] == 3
+    assert args.http_address == ":9090" and controller["ports"][0]["containerPort"] == 9090
+    assert controller["readinessProbe"]["httpGet"]["port"] == controller["ports"][0]["name"]
     assert not [k for k in objects if k[0] in ("CronJob", "Job") or "coordinator" in k[2]]
     assert len([k for k in objects if k[0] == "CustomResourceDefinition"]) == 3
 

@@ -35,6 +35,12 @@ def test_deployment_runs_two_replicas_with_parseable_arguments():
     assert settings_from(args).leadership.lease_name == "pinsvc-controller"
     env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"]}
     assert env == {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace"}
+    # the probes ask the port the controller serves /healthz and /readyz on (--http-address)
+    from pinsvc.metrics import parse_address
+    (port,) = container["ports"]
+    assert (port["name"], port["containerPort"]) == ("http", parse_address(settings_from(args).http_address)[1])
+    assert (container["readinessProbe"]["httpGet"], container["livenessProbe"]["httpGet"]) == (
+        {"path": "/readyz", "port": "http"}, {"path": "/healthz", "port": "http"})
 
 
 def test_rbac_is_least_privilege():
