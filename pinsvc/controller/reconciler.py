@@ -153,7 +153,7 @@ class Reconciler:
 
     def _evaluate(self, name: str) -> tuple:
         """(desired, observed, pool, done, failed, action, verdict) of a node: computed again
-        only when one of the first three objects was replaced (a pass looks at every node)."""
+        only when one of the first three objects was replaced (a full pass looks at every node)."""
         desired, observed = self.desired.get(name), self.observed.get(name, NONE)
         target = desired.target if desired else None
         pool = self.pools.get(target.pool) if target else None
@@ -176,12 +176,12 @@ class Reconciler:
         self.metrics.reconciles.labels("all" if full else "changed").inc()
         if full:
             self.need, self.done, self.failed, self.unpins = {}, {}, {}, set()
-        pools, announce = set(), []
+        scheduled, announce = set(), []  # the pools to schedule
         for name in names:
             self.need.pop(name, None)
             if name in self.unpins:
                 self.unpins.discard(name)
-                pools.add("")
+                scheduled.add("")
             if name not in self.desired and name not in self.observed:
                 for memory in (self.done, self.failed, self.evaluated, self.settled):
                     memory.pop(name, None)
@@ -191,7 +191,7 @@ class Reconciler:
             self.failed[name] = bool(run and run.unavailable) or failed_at
             target = desired.target if desired else None
             if target is not None:
-                pools.add(target.pool)
+                scheduled.add(target.pool)
             if (run and run.working) or name in self.busy:
                 continue
             memo = self.settled.get(name)
@@ -201,7 +201,7 @@ class Reconciler:
                 self.need[name] = True
                 if target is None:
                     self.unpins.add(name)
-                    pools.add("")
+                    scheduled.add("")
                 elif not st.announced(target, observed) and name not in self.announcing:
                     announce.append(name)
             elif action == WRITE and self.retry_write.get(name, 0) <= now:
@@ -214,12 +214,12 @@ class Reconciler:
             elif action != WRITE:
                 self.settled[name] = (desired, observed, pool)
         work = [PoolWork(pool, members, pool_width(self.pools[pool], len(members)), self.pools[pool].paused)
-                for pool, members in self.members.items() if pool in self.pools and (full or pool in pools)]
-        if self.unpins and (full or "" in pools):  # nodes that left every pool: not limited by a pool
+                for pool, members in self.members.items() if pool in self.pools and (full or pool in scheduled)]
+        if self.unpins and (full or "" in scheduled):  # nodes that left every pool: not limited by a pool
             work.append(PoolWork("", tuple(sorted(self.unpins)), len(self.unpins)))
         plan = schedule(work, self.need, self.done, self.failed, self.runs, self.settings.rollout, now)
         self.aborted = plan.aborted if full else {
-            **{p: why for p, why in self.aborted.items() if p not in pools}, **plan.aborted}
+            **{p: why for p, why in self.aborted.items() if p not in scheduled}, **plan.aborted}
         for name in [n for n in self.preflights if not self.need.get(n)]:
             self.preflights.pop(name)[1].cancel()
         for name in plan.start:
