@@ -28,6 +28,9 @@ Kinds: `pass` (forward as is; useful to shield some paths from a broader fault),
 
 When the upstream cannot be reached the client connection is reset (as a dead registry
 behind a load balancer looks). Nothing listens beyond 127.0.0.1; every wait is bounded.
+
+`FaultProxy(upstream, link=Link(rate))` makes the proxy a slow site link (devenv/link.py):
+every response body crosses the link's shared rate cap and byte counter.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from devenv.link import Link
 
 log = logging.getLogger(__name__)
 
@@ -130,11 +135,12 @@ class _Reset(Exception):
 class FaultProxy:
     """See the module docstring."""
 
-    def __init__(self, upstream: str, *, port: int | None = None) -> None:
+    def __init__(self, upstream: str, *, port: int | None = None, link: Link | None = None) -> None:
         host, _, port_text = upstream.rpartition(":")
         if not host or not port_text.isdigit():
             raise FaultProxyError(f"upstream must be host:port, got {upstream!r}")
         self.upstream = upstream
+        self.link = link
         self._upstream_addr = (host, int(port_text))
         self._port = port
         self._lock = threading.Lock()
@@ -437,12 +443,16 @@ class FaultProxy:
             pieces = [piece]
             if fault is not None and fault.kind == "slow":
                 pieces = [piece[i:i + fault.chunk_bytes] for i in range(0, len(piece), fault.chunk_bytes)]
+            if self.link is not None:
+                pieces = [small for part in pieces for small in self.link.pieces(part)]
             for part in pieces:
                 if fault is not None and fault.kind == "reset" and fault.after_bytes is not None:
                     room = fault.after_bytes - sent
                     if room <= 0:
                         raise _Reset()
                     part = part[:room]
+                if self.link is not None:
+                    await self.link.send(len(part))
                 writer.write(part)
                 await _drain(writer)
                 sent += len(part)

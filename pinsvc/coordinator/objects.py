@@ -67,6 +67,7 @@ class PinnedImageSet:
     labels: dict[str, str]
     images: tuple[str, ...]
     source: str  # "file (document N)": where it was read, for messages
+    window: str = ""  # its pinsvc.io/window annotation: when its images may be fetched and pulled
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,7 @@ class Pool:
     max_unavailable: int | str
     paused: bool
     source: str
+    window: str = ""  # its pinsvc.io/window annotation: when its nodes may fetch and pull
 
     @property
     def custom(self) -> bool:

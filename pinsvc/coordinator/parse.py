@@ -14,6 +14,7 @@ from typing import Any
 from pinsvc.coordinator.objects import (MAX_SETS_PER_POOL, OPERATORS, LabelSelector, Node, PinnedImageSet, Pool,
                                         SelectorRequirement)
 from pinsvc.refs import MAX_IMAGES_PER_SET, reference_problem, set_name_problem
+from pinsvc.warm import window
 
 _PERCENT = re.compile(r"^([0-9]+)%$")
 
@@ -100,7 +101,21 @@ def parse_set(obj: Fields) -> PinnedImageSet:
             obj.problem(f"{path}.name repeats {images[image]}.name: {image}")
         else:
             images[image] = path
-    return PinnedImageSet(obj.name or "", generation, uid, labels, tuple(images), obj.where)
+    return PinnedImageSet(obj.name or "", generation, uid, labels, tuple(images), obj.where, _window(obj, meta))
+
+
+def _window(obj: Fields, meta: Mapping) -> str:
+    """The object's maintenance window annotation, checked (pinsvc.warm.window)."""
+    spec = obj.mapping(meta.get("annotations"), "metadata.annotations").get(window.ANNOTATION, "")
+    if not isinstance(spec, str):
+        obj.problem(f"metadata.annotations[{window.ANNOTATION}] is {describe(spec)}, not a string")
+        return ""
+    try:
+        window.parse(spec) if spec.strip() else None
+    except ValueError as e:
+        obj.problem(f"metadata.annotations[{window.ANNOTATION}]: {e}")
+        return ""
+    return spec.strip()
 
 
 def _parse_selector(obj: Fields, value: Any, path: str) -> LabelSelector | None:
@@ -182,7 +197,8 @@ def parse_pool(obj: Fields, set_references: list[tuple[Fields, str, str]]) -> Po
         machine_config_selector=_parse_selector(obj, spec.get("machineConfigSelector"), "spec.machineConfigSelector"),
         pinned_image_sets=tuple(names),
         max_unavailable=_parse_max_unavailable(obj, spec.get("maxUnavailable")),
-        paused=paused, source=obj.where)
+        paused=paused, source=obj.where,
+        window=_window(obj, obj.mapping(obj.body.get("metadata"), "metadata")))
 
 
 def parse_node(obj: Fields) -> Node:
