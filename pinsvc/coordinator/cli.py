@@ -38,11 +38,12 @@ from pinsvc_client import PinError
 
 from pinsvc import console, errors, tracing
 from pinsvc.client import add_tls_arguments, connect, explain, insecure_from_args, tls_from_args
-from pinsvc.coordinator import direct, loader, report, selection
+from pinsvc.coordinator import direct, loader, report, selection, warmup
 from pinsvc.coordinator.record import (APPLYING, FAILED, UNAVAILABLE, UPDATED, WARNING, NodeRecord, Record,
                                       rollout_id)
 from pinsvc.coordinator.rollout import DEFAULT_PORT, Options, Rollout, plan_rollout
 from pinsvc.retry import Backoff
+from pinsvc.warm.stage import Warmer
 
 _DONE = (UPDATED, FAILED, UNAVAILABLE, "Skipped", "NotStarted", "Paused")
 
@@ -60,6 +61,8 @@ class RolloutProgress:
                                          for p in plans}
         self.nodes: dict[str, TaskID] = {}
         self.finished: set[str] = set()
+        self.warms: dict[str, TaskID] = {}
+        self.warm_steps: dict[str, tuple] = {}
 
     def __enter__(self):
         self.bars.__enter__()
@@ -71,7 +74,7 @@ class RolloutProgress:
     def __call__(self, record: NodeRecord, event) -> None:
         if record.state == APPLYING and record.node not in self.nodes:
             self.nodes[record.node] = self.bars.add_task(f"  {record.node}", total=record.images or None, note="")
-            self._say(f"{record.pool}/{record.node}: applying {record.images} images")
+            self.say(f"{record.pool}/{record.node}: applying {record.images} images")
         if record.node in self.nodes and self.live:
             self.bars.update(self.nodes[record.node], completed=record.images_done,
                              note=f"{record.bytes_done / 2**20:.1f} MiB")
@@ -80,9 +83,23 @@ class RolloutProgress:
             self.bars.update(self.pools[record.pool], advance=1)
             if record.node in self.nodes:
                 self.bars.remove_task(self.nodes.pop(record.node))
-            self._say(f"{record.pool}/{_line(record)}")
+            self.say(f"{record.pool}/{_line(record)}")
 
-    def _say(self, text: str) -> None:
+    def warm(self, pool: str, progress) -> None:
+        """A pool's warm stage: a bar of bytes in a terminal, else a line per state and quarter."""
+        if self.live:
+            if pool not in self.warms:
+                self.warms[pool] = self.bars.add_task(f"warm {pool}", total=progress.bytes_total or None, note="")
+            note = progress.summary().partition(")")[2].lstrip(" ,;") or progress.state
+            self.bars.update(self.warms[pool], total=progress.bytes_total or None, completed=progress.bytes_done,
+                             note=note)
+            return
+        step = (progress.state, 4 * progress.bytes_done // max(progress.bytes_total, 1))
+        if self.warm_steps.get(pool) != step:
+            self.warm_steps[pool] = step
+            self.say(f"pool {pool}: warm: {progress.summary()}")
+
+    def say(self, text: str) -> None:
         if self.live:
             self.bars.console.print(text, markup=False, highlight=False)
         else:
@@ -143,6 +160,9 @@ def _documents(rollout: Rollout, plans) -> tuple[dict, bool]:
     nodes = [report.node_doc(records[t.node]) for p in plans for t in p.targets]
     pools = [report.pool_doc(p, [records[t.node] for t in p.targets], rollout.aborted.get(p.name, ""))
              for p in plans]
+    for doc in pools:
+        if warmed := warmup.condition(rollout.record.warm.get(doc["metadata"]["name"])):
+            doc["status"]["conditions"].append(warmed)
     return report.as_list(nodes + pools), any(report.pool_degraded(p) for p in pools)
 
 
@@ -189,15 +209,23 @@ async def _rollout(args) -> int:
         raise errors.InvalidArgument(direct.no_sets(args.file or ["the API server"], cluster.notes,
                                                     "of every node of the pools"))
     path = _record_path(args, plans)
+    warm = warmup.settings_from(args)
     rollout = Rollout(plans, _options(args), record=Record(path), connect=_connect(args))
     terminal = Console(stderr=True)
     with RolloutProgress(terminal, plans) as progress:
         rollout.progress = progress
+        windows = {p.name: warmup.pool_windows(cluster, p, args.window) for p in plans}
+        if warm is not None or any(windows.values()):
+            rollout.gate = warmup.WarmGate(windows, rollout.record, warmer=Warmer(warm) if warm else None,
+                                           show=progress.warm, say=progress.say, progress=progress)
         try:
             await rollout.run()
         except asyncio.CancelledError:
             print(f"cancelled; rerun the same command to resume (record {path})", file=sys.stderr)
             raise
+        finally:
+            if rollout.gate is not None:
+                await rollout.gate.aclose()
     print(_summary(rollout, plans), file=sys.stderr)
     doc, bad = _documents(rollout, plans)
     print(console.render(doc, args.output or "yaml"))
@@ -272,6 +300,7 @@ def parser() -> console.Parser:
     roll.add_argument("--prune-all", action="store_true",
                       help="unpin every set of the nodes no PinnedImageSet selects (each is named first); "
                            "without it such nodes are refused")
+    warmup.add_arguments(roll)
     status = sub.add_parser("status", help="MachineConfigNode/Pool status read live from every agent; exit 1 "
                                            "unless every node is at the desired content")
     cluster_args(status, "yaml")

@@ -109,14 +109,20 @@ def rollout_id(plans: list[PoolPlan]) -> str:
 
 
 class Record:
-    """The durable rollout record: one JSON file, rewritten atomically on every change."""
+    """The durable rollout record: one JSON file, rewritten atomically on every change. With
+    the warm stage also the blobs verified in the site cache (`warmed`, never looked at
+    again) and each pool's last warm progress (`warm`, coordinator/warmup.py)."""
 
     def __init__(self, path: Path | None):
         self.path = path
         self.nodes: dict[str, NodeRecord] = {}
+        self.warmed: set[str] = set()
+        self.warm: dict[str, dict] = {}
         if path and path.exists():
             doc = json.loads(path.read_text())
             self.nodes = {n["node"]: NodeRecord(**n) for n in doc.get("nodes", [])}
+            self.warmed = set(doc.get("warmed", []))
+            self.warm = doc.get("warm", {})
 
     def node(self, target: Target) -> NodeRecord:
         record = self.nodes.get(target.node)
@@ -129,7 +135,10 @@ class Record:
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        data = json.dumps({"nodes": [vars(n) for n in self.nodes.values()]}).encode()
+        doc = {"nodes": [vars(n) for n in self.nodes.values()]}
+        if self.warmed or self.warm:
+            doc.update(warmed=sorted(self.warmed), warm=self.warm)
+        data = json.dumps(doc).encode()
         write_atomic(self.path, data)
 
 

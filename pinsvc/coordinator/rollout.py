@@ -3,10 +3,11 @@
 `plan_rollout` turns a loaded Cluster into targets (node, pool, endpoint, sets) and refuses
 bad endpoints before any node is contacted. `Rollout` then runs:
 1. pre-flight: every target agent's CheckSpace in parallel; `plan` stops here;
-2. per pool, pools in parallel: at most max-parallel (maxUnavailable) nodes applying at once,
-   an optional canary (the first N nodes, then pause or go on), abort of the pool once more
-   than abort-after nodes failed, a deadline per node, retries for unavailable agents,
-   paused pools untouched. One failing node never cancels the others.
+2. per pool, pools in parallel: a gate first when given (coordinator/warmup.py: the site
+   cache warmed, nodes started only within the windows), then at most max-parallel
+   (maxUnavailable) nodes applying at once, an optional canary (the first N nodes, then pause
+   or go on), abort of the pool once more than abort-after nodes failed, a deadline per node,
+   retries for unavailable agents, paused pools untouched. One failing node never cancels others.
 Resumable: before applying, each agent is asked for its status and a node already at the
 desired content (`content.gaps`) is not applied again; a durable record keeps each node's
 outcome. Only an agent that does not answer is called again (`Options.backoff`); a failure
@@ -128,8 +129,9 @@ Progress = Callable[[NodeRecord, "pb.ApplyEvent | None"], None]
 class Rollout:
     def __init__(self, plans: list[PoolPlan], options: Options, *, record: Record | None = None,
                  progress: Progress = lambda record, event: None,
-                 connect: Callable[[str, str], PinClient] = connect):
+                 connect: Callable[[str, str], PinClient] = connect, gate=None):  # a warmup.Gate
         self.plans = plans
+        self.gate = gate
         self.options = options
         self.record = record or Record(None)
         self.progress = progress
@@ -238,6 +240,8 @@ class Rollout:
         todo = [t for t in plan.targets if self.record.node(t).state not in (SKIPPED,)]
         failed = [t for t in todo if self.record.node(t).state in (FAILED, UNAVAILABLE)]
         todo = [t for t in todo if t not in failed]
+        if todo and self.gate and not await self.gate.before_pool(plan, [self.record.node(t) for t in todo]):
+            return self._save()  # the gate failed them (e.g. the site cache is down)
         canary = self.options.canary
         batches = [todo[:canary], todo[canary:]] if canary else [todo]
         for index, batch in enumerate(batches):
@@ -280,6 +284,8 @@ class Rollout:
                     self._not_started(plan, [target], f"pool {plan.name} aborted: {failed_before + len(failed)} "
                                                       f"nodes failed (abort after {self.options.abort_after})")
                     return
+                if self.gate is not None and not await self.gate.before_node(plan, self.record.node(target)):
+                    return  # its windows do not open again: the gate said so in its record
                 ok = await self._node(target)
             if not ok:
                 failed.append(target)
