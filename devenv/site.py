@@ -29,6 +29,24 @@ from devenv.registry import Registry
 
 CANONICAL_HOST = "upstream.example.invalid"
 """The registry part of the canonical names: never resolvable (RFC 2606 `.invalid`)."""
+MiB = sample_images.MiB
+
+
+def release_workload(images: int = 3, *, bases: int = 1, base_size: int = 3 * MiB, unique_size: int = 2 * MiB,
+                     repo: str = "site/release") -> list[sample_images.Image]:
+    """`images` images in one repository, as an OpenShift release payload keeps its images
+    (`ocp-v4.0-art-dev`): each one of `bases` shared base layers plus a unique layer."""
+    base_layers = [sample_images.make_layer(f"site/base/{b}", base_size) for b in range(bases)]
+    return [sample_images.build_image(repo, [base_layers[i % bases],
+                                             sample_images.make_layer(f"site/{repo}/{i}", unique_size)])
+            for i in range(images)]
+
+
+def unique_bytes(items: Sequence[sample_images.Image]) -> int:
+    """Compressed bytes of the distinct blobs (layers and configs) of `items`, per repository:
+    what one copy of the set weighs on the link."""
+    blobs = {(i.repo, b.digest): b.size for i in items for b in (i.config, *i.layers)}
+    return sum(blobs.values())
 
 
 class PullThroughCache(Registry):

@@ -238,10 +238,10 @@ class Rollout:
             return
         width = self.options.max_parallel or plan.max_parallel
         todo = [t for t in plan.targets if self.record.node(t).state not in (SKIPPED,)]
+        if todo and self.gate and not await self.gate.before_pool(plan, [self.record.node(t) for t in todo]):
+            return self._save()  # the gate failed them, its reason over the pre-flight's (e.g. the cache is down)
         failed = [t for t in todo if self.record.node(t).state in (FAILED, UNAVAILABLE)]
         todo = [t for t in todo if t not in failed]
-        if todo and self.gate and not await self.gate.before_pool(plan, [self.record.node(t) for t in todo]):
-            return self._save()  # the gate failed them (e.g. the site cache is down)
         canary = self.options.canary
         batches = [todo[:canary], todo[canary:]] if canary else [todo]
         for index, batch in enumerate(batches):
