@@ -42,8 +42,9 @@ log = logging.getLogger("pinsvc.warm")
 
 PAUSE_CHECK_SECONDS = 1.0
 """While paused, the windows are looked at again this often (an edited annotation counts)."""
-FIRST_LOOK_SECONDS = 0.05
-"""Least wait before looking whether the cache stored a blob it was asked to fetch."""
+FIRST_LOOK_SECONDS = 0.25
+"""Least wait before looking whether the cache stored a blob it was asked to fetch: a look
+while the fetch runs costs a second (cut-off) copy over the link."""
 LOOK_FACTOR, LOOK_MAX_SECONDS = 1.5, 5.0
 
 
@@ -184,9 +185,11 @@ class _Run:
             windows, now = self.windows(), self.warmer.now()
             if windows.is_open(now) and fits(now, seconds, windows):
                 if self.progress.state == PAUSED or self._since is None:
+                    resumed = self.progress.state == PAUSED
                     self.progress.state, self.progress.next_open = WARMING, None
                     self._since = self.warmer.clock()
-                    self.report()
+                    if resumed:
+                        self.report()
                 return
             if self.progress.state != PAUSED:
                 if self._since is not None:

@@ -85,9 +85,10 @@ def test_warm_then_rollout_pins_everything_with_each_blob_crossing_the_link_once
     transfers = site.blob_transfers()
     assert set(transfers) == set(sizes), "every blob of the set, nothing else"
     for digest, copies in transfers.items():
-        full = [n for n in copies if n == sizes[digest]]
-        assert len(full) in (1, 2) and sum(copies) - sizes[digest] <= PROBE_COPY, (digest, sizes[digest], copies)
-        assert len(full) == 1 or sizes[digest] <= PROBE_COPY, "a second full copy only of a tiny blob (a config)"
+        if sizes[digest] > PROBE_COPY:
+            assert copies.count(sizes[digest]) == 1 and sum(copies) - sizes[digest] <= PROBE_COPY, (digest, copies)
+        else:  # a config: the probe's copy is whole before it can be cut off
+            assert sum(copies) <= 3 * sizes[digest], (digest, copies)
     assert site.link.bytes <= 1.05 * unique_bytes(site.workload) + 64 * 1024, (site.link.bytes, unique_bytes(site.workload))
 
     # the rate over the warm (first to last byte of a blob on the link): within 10 % of the budget
@@ -145,3 +146,4 @@ def test_the_cache_down_gives_a_clear_reason_and_pins_nothing_then_a_rerun_compl
     code, _, err = pinctl_warm(c)
     assert code == 0, err
     assert pinned_everywhere(c, site.refs)
+
