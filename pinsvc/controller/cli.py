@@ -22,7 +22,7 @@ import sys
 
 from pinsvc import console, errors, tracing
 from pinsvc.client import add_tls_arguments, connect, insecure_from_args, tls_from_args
-from pinsvc.coordinator import selection
+from pinsvc.coordinator import selection, warmup
 from pinsvc.coordinator.rollout import DEFAULT_PORT, Options
 from pinsvc.metrics import parse_address
 from pinsvc.retry import Backoff
@@ -61,6 +61,7 @@ def parser() -> argparse.ArgumentParser:
     lead.add_argument("--lease-duration", type=int, default=15, help="seconds")
     lead.add_argument("--renew-deadline", type=int, default=10, help="seconds")
     lead.add_argument("--retry-period", type=int, default=2, help="seconds")
+    warmup.add_arguments(p, window=False)
     p.add_argument("--http-address", default=":8080",
                    help="serve /healthz (liveness), /readyz (readiness) and Prometheus /metrics over HTTP on this "
                         "host:port (':8080' = every interface, for the kubelet's probes; '' = off)")
@@ -91,7 +92,7 @@ def settings_from(args: argparse.Namespace):
                     rollout=options, progress_after_seconds=args.progress_after,
                     failure_backoff=Backoff(initial_seconds=args.failure_backoff, factor=2.0,
                                             max_seconds=args.failure_backoff_max, jitter=0.2, attempts=1),
-                    leadership=leadership)
+                    leadership=leadership, warm=warmup.settings_from(args))
 
 
 async def run(settings, tls, insecure: bool = False) -> None:

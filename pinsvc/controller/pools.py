@@ -1,5 +1,6 @@
 """The reconciler's report on the pools: each MachineConfigPool's `PinnedImageSets` entry of
-`status.poolSynchronizersStatus` and its PinnedImageSetsDegraded condition (merge patches of
+`status.poolSynchronizersStatus`, its PinnedImageSetsDegraded condition and the warm stage's
+PinnedImageSetsWarmed (controller/warming.py) (merge patches of
 the status subresource, with the pool's resourceVersion: a pool changed meanwhile is written
 again from what it says now), and a Normal event on each set once every node that should pin
 its generation does."""
@@ -24,8 +25,8 @@ async def report(rec: Reconciler) -> None:
     `status_interval_seconds`, while something changed; runs while `rec` leads."""
     while True:
         await asyncio.sleep(rec.settings.status_interval_seconds)
-        if rec.cache.pools_dirty:
-            rec.cache.pools_dirty = False
+        if rec.cache.pools_dirty or rec.warms.changed:
+            rec.cache.pools_dirty = rec.warms.changed = False
             await asyncio.gather(*(_pool(rec, name) for name in rec.pools))
             _completions(rec)
 
@@ -37,7 +38,8 @@ async def _pool(rec: Reconciler, name: str) -> None:
                for s in (raw.get("status") or {}).get("poolSynchronizersStatus") or [])
     if not members and not ours:
         return
-    new = st.pool_status(raw, members, now=now_rfc3339(), aborted=rec.aborted.get(name, ""))
+    new = st.pool_status(raw, members, now=now_rfc3339(), aborted=rec.aborted.get(name, ""),
+                         extra=rec.warms.conditions(name, raw, now_rfc3339()))
     if not st.pool_changed(raw, new):
         return
     body = {"metadata": {"resourceVersion": raw["metadata"]["resourceVersion"]}, "status": new}

@@ -13,7 +13,8 @@
   ready). 503 with the reason otherwise, e.g. while the leader's first list is running.
 - `/metrics`: Prometheus text (or OpenMetrics when asked), the controller's own registry:
   reconcile passes, node attempts by result, the queue of nodes waiting for a slot, the
-  nodes applying, leadership and cache state, build info, process metrics.
+  nodes applying, leadership and cache state, the warm stage's progress per pool (`pinsvc_warm_*`),
+  build info, process metrics.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 from prometheus_client.exposition import choose_encoder
 
 from pinsvc import version
+from pinsvc.controller.metrics import WarmMetrics
 from pinsvc.metrics import parse_address
 
 log = logging.getLogger("pinsvc.controller.probes")
@@ -83,6 +85,7 @@ class Metrics:
             "pinsvc_controller_queue_depth", "Nodes that need an Apply and wait for a slot in their pool (or "
             "for their retry)", registry=r)
         self.applying = Gauge("pinsvc_controller_nodes_applying", "Node attempts under way", registry=r)
+        self.warm = WarmMetrics(r)  # pinsvc_warm_*: the warm stage per pool (docs/warm.md)
         self.status_write_failures = Counter(
             "pinsvc_controller_status_write_failures", "MachineConfigNode status writes the API server refused "
             "or did not answer (each is tried again)", registry=r)

@@ -32,9 +32,10 @@ from pinsvc.controller.cache import Cache
 from pinsvc.controller.desired import (DELETE, STAND_ASIDE, WORK, WRITE, Desired, PoolWork, Run, decide, pool_width,
                                        run_key, schedule, targets, unavailable_verdict, unpin_target, waiting_verdict)
 from pinsvc.controller.events import Recorder
-from pinsvc.controller.kubeapi import NODES, Kube, KubeApiError
+from pinsvc.controller.kubeapi import NODES, POOLS, Kube, KubeApiError
 from pinsvc.controller.probes import Metrics, State
 from pinsvc.controller.settings import Settings
+from pinsvc.controller.warming import PoolWarms
 from pinsvc.controller.writer import ANNOUNCE, Writer
 from pinsvc.coordinator.objects import Cluster
 from pinsvc.coordinator.rollout import Target
@@ -51,6 +52,7 @@ class Reconciler:
         self.settings = settings
         self.state = state or State()
         self.metrics = metrics or Metrics(self.state)
+        self.warms = PoolWarms.of(settings, self._poke, self.metrics.warm)
         self.agents = Agents(connect, settings.rollout)
         self.events = Recorder(kube, identity)
         self.cache = Cache(kube, self.events, self._poke)  # its dicts, updated in place, by shorter names:
@@ -100,8 +102,7 @@ class Reconciler:
                 task.cancel()
             await asyncio.gather(*self.tasks, return_exceptions=True)
             self.metrics.queue_depth.set(0)
-            await self.agents.aclose()
-            await self.events.aclose()
+            await asyncio.gather(self.agents.aclose(), self.events.aclose(), self.warms.aclose())
 
     def _spawn(self, coro) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coro)
@@ -213,13 +214,14 @@ class Reconciler:
                 self.settled[name] = (desired, observed, pool)
             elif action != WRITE:
                 self.settled[name] = (desired, observed, pool)
-        work = [PoolWork(pool, members, pool_width(self.pools[pool], len(members)), self.pools[pool].paused)
+        work = [PoolWork(pool, members, pool_width(self.pools[pool], len(members)), self.pools[pool].paused or not
+                         self.warms.gate(self.pools[pool], members, self.need, self.desired, lambda: self.cache.raw(POOLS, pool)))
                 for pool, members in self.members.items() if pool in self.pools and (full or pool in scheduled)]
         if self.unpins and (full or "" in scheduled):  # nodes that left every pool: not limited by a pool
             work.append(PoolWork("", tuple(sorted(self.unpins)), len(self.unpins)))
         plan = schedule(work, self.need, self.done, self.failed, self.runs, self.settings.rollout, now)
-        self.aborted = plan.aborted if full else {
-            **{p: why for p, why in self.aborted.items() if p not in scheduled}, **plan.aborted}
+        self.aborted = {**(plan.aborted if full else {  # the warm stage's failures name their pools too
+            **{p: why for p, why in self.aborted.items() if p not in scheduled}, **plan.aborted}), **self.warms.blocked()}
         for name in [n for n in self.preflights if not self.need.get(n)]:
             self.preflights.pop(name)[1].cancel()
         for name in plan.start:
@@ -230,7 +232,7 @@ class Reconciler:
             self.announcing.add(name)
             self._spawn(self._announce(name))
         self.metrics.queue_depth.set(len(self.need))
-        return min((t for t in (plan.wake_at, *self.retry_write.values()) if t is not None and t > now), default=None)
+        return min((t for t in (plan.wake_at, self.warms.wake_at(), *self.retry_write.values()) if t and t > now), default=None)
 
     def _target(self, name: str) -> Target | None:
         """What the node's attempt brings it to: its target, or nothing pinned when it left
@@ -392,9 +394,7 @@ class Reconciler:
             self.busy.discard(name)
 
     def _stand_aside(self, name: str, observed: st.Observed) -> None:
-        message = (f"MachineConfigNode/{name} was not created by {st.CONTROLLER} (managed by "
-                   f"{', '.join(observed.managers) or 'another manager'}, e.g. the Machine Config Operator): "
-                   f"pinsvc leaves this node's pins and status to it")
+        message = st.managed_elsewhere(name, observed)
         log.info("%s", message)
         if name in self.nodes:
             self.events.emit(NODES, self.cache.raw(NODES, name), "ManagedElsewhere", message)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from pinsvc.coordinator.rollout import DEFAULT_PORT, Options
 from pinsvc.retry import Backoff
+from pinsvc.warm.settings import WarmSettings
 
 
 @dataclass(frozen=True)
@@ -61,3 +62,4 @@ class Settings:
     debounce_seconds: float = 0.02  # events this close together make one reconcile pass
     leadership: Leadership = Leadership()
     http_address: str = ":8080"  # /healthz, /readyz, /metrics ('' = off)
+    warm: WarmSettings | None = None  # the warm stage before each pool's nodes (docs/warm.md); None = none

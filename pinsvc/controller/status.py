@@ -210,9 +210,18 @@ class PoolNode:
     why: str = ""
 
 
-def pool_status(pool: Mapping, members: Iterable[PoolNode], *, now: str, aborted: str = "") -> dict:
+def managed_elsewhere(name: str, observed: Observed) -> str:
+    """Why the controller leaves a node alone whose MachineConfigNode another manager owns."""
+    return (f"MachineConfigNode/{name} was not created by {CONTROLLER} (managed by "
+            f"{', '.join(observed.managers) or 'another manager'}, e.g. the Machine Config Operator): "
+            f"pinsvc leaves this node's pins and status to it")
+
+
+def pool_status(pool: Mapping, members: Iterable[PoolNode], *, now: str, aborted: str = "",
+                extra: Iterable[dict] = ()) -> dict:
     """The pool's status fields merged with what is there (others' synchronizers and
-    conditions kept): the `PinnedImageSets` synchronizer and `PinnedImageSetsDegraded`."""
+    conditions kept): the `PinnedImageSets` synchronizer, `PinnedImageSetsDegraded` and the
+    `extra` conditions of the controller (the warm stage's)."""
     members = list(members)
     status = pool.get("status") or {}
     meta = pool.get("metadata") or {}
@@ -231,7 +240,9 @@ def pool_status(pool: Mapping, members: Iterable[PoolNode], *, now: str, aborted
                      (message or "All nodes are pinned")[:MAX_POOL_MESSAGE], old=old, now=now)
     synchronizers = [s for s in status.get("poolSynchronizersStatus") or []
                      if s.get("poolSynchronizerType") != SYNCHRONIZER] + [ours]
-    conditions = [c for c in status.get("conditions") or [] if c.get("type") != DEGRADED] + [mine]
+    extra = list(extra)
+    replaced = {DEGRADED, *(c["type"] for c in extra)}
+    conditions = [c for c in status.get("conditions") or [] if c.get("type") not in replaced] + [mine, *extra]
     return {"poolSynchronizersStatus": synchronizers, "conditions": conditions}
 
 

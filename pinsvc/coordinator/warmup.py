@@ -36,7 +36,8 @@ SAVE_INTERVAL_SECONDS = 1.0
 WINDOW_CLOSED = "WindowClosed"
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser, *, window: bool = True) -> None:
+    """The --warm-* flags (pinctl and the controller) and, with `window`, pinctl's --window."""
     group = parser.add_argument_group("slow links and maintenance windows (docs/warm.md)")
     group.add_argument("--warm-registries-conf", metavar="FILE",
                        help="warm the site cache first: the nodes' registries.conf, whose first mirror of an "
@@ -48,6 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--warm-pull-secret", metavar="FILE", help="config.json with the caches' credentials")
     group.add_argument("--warm-concurrency", type=int, default=4, help="blobs in flight (default: %(default)s)")
     group.add_argument("--warm-platform", default="", help="the nodes' os/arch[/variant] (default: this machine's)")
+    if not window:
+        return
     group.add_argument("--window", action="append", default=[], metavar="SPEC",
                        help="a maintenance window for every pool, e.g. 'cron=0 22 * * *; duration=4h' "
                             "(annotations pinsvc.io/window on pools and sets apply too)")
@@ -57,7 +60,7 @@ def settings_from(args: argparse.Namespace) -> WarmSettings | None:
     """The warm settings of the flags (None: no warm stage). Raises InvalidArgument."""
     problems = []
     try:
-        parse_all(args.window)
+        parse_all(getattr(args, "window", ()))
     except ValueError as e:
         problems.append(f"--window: {e}")
     if not args.warm_registries_conf:
@@ -117,7 +120,7 @@ class WarmGate:
                                               on_done=lambda key: self._save())
         except (CacheError, errors.StateError) as e:
             reason = e.reason if isinstance(e, CacheError) else PREFETCH_FAILED
-            fallback = self._fallback(images) if reason in (CACHE_UNAVAILABLE, CACHE_REFUSED) else ""
+            fallback = self.warmer.fallback(images) if reason in (CACHE_UNAVAILABLE, CACHE_REFUSED) else ""
             state.update(state=SKIPPED if fallback else WARM_FAILED, reason=reason,
                          summary=f"{e}" + (f"; the nodes pull from {fallback} instead (registries.conf "
                                            f"allows it)" if fallback else ""))
@@ -145,17 +148,6 @@ class WarmGate:
                 told = True
             await asyncio.sleep(min(max((opens - now).total_seconds(), 0.01), 1.0))
         return True
-
-    def _fallback(self, images: list[str]) -> str:
-        """Where the nodes pull from when the cache fails, if every image has somewhere ("")."""
-        try:
-            routes = self.warmer.routes(images)
-        except errors.StateError:
-            return ""
-        mirrored = [r for r in routes.values() if r.cache is not None]
-        if not mirrored or any(not r.fallback for r in mirrored):
-            return ""
-        return ", ".join(sorted({r.fallback for r in mirrored}))
 
     def _progress(self, pool: str, progress: Progress) -> None:
         self.record.warm[pool] = {"state": progress.state, "reason": progress.state, "summary": progress.summary(),

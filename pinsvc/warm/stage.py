@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 
+from pinsvc import errors
 from pinsvc.adapters.pullsecret import PullSecretFile
 from pinsvc.warm import manifests
 from pinsvc.warm.plan import PAUSED, WARMED, WARMING, Blob, Pacer, Progress, finish_time, fits, order
@@ -106,6 +107,18 @@ class Warmer:
             ref = type(ref)(ref.host, ref.path, child)
             body, digest = await self.client.manifest(ref), child
         return manifests.blobs(ref, body, digest)
+
+    def fallback(self, images: Iterable[str]) -> str:
+        """Where the nodes pull the images from while their cache fails, when every one of
+        them has somewhere to go in registries.conf ("" when not: the cache is needed)."""
+        try:
+            routes = self.routes(images)
+        except errors.StateError:
+            return ""
+        mirrored = [r for r in routes.values() if r.cache is not None]
+        if not mirrored or any(not r.fallback for r in mirrored):
+            return ""
+        return ", ".join(sorted({r.fallback for r in mirrored}))
 
     def flight(self, blob: Blob) -> asyncio.Task[bool] | None:
         return self._flights.get(blob.key)
