@@ -32,7 +32,7 @@ from pinsvc.controller.metrics import WarmMetrics
 from pinsvc.controller.status import condition
 from pinsvc.coordinator.objects import Pool
 from pinsvc.retry import Backoff
-from pinsvc.warm.plan import PAUSED, WARMED, Progress
+from pinsvc.warm.plan import WARMED, Progress
 from pinsvc.warm.registry import CACHE_REFUSED, CACHE_UNAVAILABLE, CacheError
 from pinsvc.warm.stage import Warmer, utcnow
 from pinsvc.warm.window import Windows, parse_all
@@ -159,13 +159,13 @@ class PoolWarms:
             note = f"; the nodes pull from {warm.fallback} instead (registries.conf allows it)" if warm.fallback else ""
             return condition(CONDITION, False, reason, f"{warm.error}{note}{again}", old=old, now=now)
         windows = self.windows.get(pool, Windows())
-        if p is None or p.state == PAUSED:
-            if not windows.is_open(self.now()):
+        if not windows.is_open(self.now()):
+            if p is None:
                 opens = windows.next_open(self.now())
                 when = f"opens {opens.strftime('%Y-%m-%dT%H:%M:%SZ')}" if opens else "does not open again"
-                body = f"; {p.summary()}" if p else ""
-                return condition(CONDITION, False, WINDOW_CLOSED, f"window {windows} is closed, {when}{body}",
+                return condition(CONDITION, False, WINDOW_CLOSED, f"window {windows} is closed, {when}",
                                  old=old, now=now)
+            return condition(CONDITION, False, WINDOW_CLOSED, f"window {windows}: {p.summary()}", old=old, now=now)
         return condition(CONDITION, False, WARMING, p.summary() if p else "reading the manifests", old=old, now=now)
 
     async def aclose(self) -> None:

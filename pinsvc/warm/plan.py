@@ -141,15 +141,17 @@ class Progress:
 
     def summary(self) -> str:
         """One line: `Warming: 40.0 of 200.0 MiB (12 of 60 blobs) in 127.0.0.1:5000, 7.9 MiB/s, ETA 22:14:05Z`."""
-        line = (f"{self.state}: {self.bytes_done / 2**20:.1f} of {self.bytes_total / 2**20:.1f} MiB "
-                f"({self.blobs_done} of {self.blobs_total} blobs)")
+        line = self.state
+        if self.blobs_total or self.state != WAITING:
+            line += (f": {self.bytes_done / 2**20:.1f} of {self.bytes_total / 2**20:.1f} MiB "
+                     f"({self.blobs_done} of {self.blobs_total} blobs)")
         if self.caches:
             line += " in " + ", ".join(self.caches)
         if self.state == WARMING and self.rate:
             line += f", {self.rate / 2**20:.1f} MiB/s"
-        if self.state in (WARMING, PAUSED) and self.eta is not None:
+        if self.state in (WARMING, PAUSED) and self.eta is not None and self.blobs_total:
             line += f", ETA {_stamp(self.eta)}"
-        if self.state == PAUSED:
+        if self.state in (PAUSED, WAITING):
             line += f"; window closed, opens {_stamp(self.next_open)}" if self.next_open else "; the window does not open again"
         return line + (f"; {self.message}" if self.message else "")
 

@@ -33,7 +33,7 @@ from datetime import datetime, timezone
 from pinsvc import errors
 from pinsvc.adapters.pullsecret import PullSecretFile
 from pinsvc.warm import manifests
-from pinsvc.warm.plan import PAUSED, WARMED, WARMING, Blob, Pacer, Progress, finish_time, fits, order
+from pinsvc.warm.plan import PAUSED, WAITING, WARMED, WARMING, Blob, Pacer, Progress, finish_time, fits, order
 from pinsvc.warm.registry import CacheClient, CacheError, NOT_IN_CACHE
 from pinsvc.warm.routes import Route, Routes
 from pinsvc.warm.settings import WarmSettings
@@ -175,7 +175,7 @@ class _Run:
                  on_progress: Callable[[Progress], None], on_done: Callable[[str], None]):
         self.warmer, self.windows, self.done = warmer, windows, done
         self.on_progress, self.on_done = on_progress, on_done
-        self.progress = Progress(state=WARMING)
+        self.progress = Progress(state=WAITING)
         self.active = 0.0  # seconds spent warming (pauses excluded)
         self._since: float | None = None
 
@@ -193,21 +193,21 @@ class _Run:
 
     async def wait_open(self, seconds: float = 0.0) -> None:
         """Returns once the windows are open and a transfer of `seconds` fits before they
-        close; paused (and reported so) meanwhile."""
+        close; Waiting (before the start) or Paused meanwhile, and reported so."""
         while True:
             windows, now = self.windows(), self.warmer.now()
             if windows.is_open(now) and fits(now, seconds, windows):
-                if self.progress.state == PAUSED or self._since is None:
+                if self._since is None:
                     resumed = self.progress.state == PAUSED
                     self.progress.state, self.progress.next_open = WARMING, None
                     self._since = self.warmer.clock()
                     if resumed:
                         self.report()
                 return
-            if self.progress.state != PAUSED:
-                if self._since is not None:
-                    self.active += self.warmer.clock() - self._since
-                    self._since = None
+            if self._since is not None:
+                self.active += self.warmer.clock() - self._since
+                self._since = None
+            if self.progress.state == WARMING:
                 self.progress.state = PAUSED
             nxt = windows.next_open(now if not windows.is_open(now) else windows.closes_at(now))
             self.progress.next_open = nxt

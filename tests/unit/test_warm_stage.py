@@ -15,7 +15,7 @@ import pytest
 
 from pinsvc.mirrors.resolve import Endpoint
 from pinsvc.refs import parse_reference
-from pinsvc.warm.plan import PAUSED, WARMED
+from pinsvc.warm.plan import PAUSED, WAITING, WARMED
 from pinsvc.warm.registry import CACHE_UNAVAILABLE, NOT_IN_CACHE, CacheError
 from pinsvc.warm.routes import Route
 from pinsvc.warm.settings import WarmSettings
@@ -137,7 +137,25 @@ def test_nothing_starts_while_the_window_is_closed_and_the_warm_goes_on_when_it_
 
     result = asyncio.run(warmer(cache).warm(refs, windows=windows, on_progress=lambda p: states.append(p.state)))
     assert min(t for t, _ in cache.probes) >= opens
-    assert states[0] == PAUSED and result.state == WARMED
+    assert states[0] == WAITING and result.state == WARMED
+
+
+def test_a_window_closing_mid_warm_pauses_it_and_the_next_opening_resumes_it():
+    refs, bodies = images(manifest(*[(f"l{i}", 100_000) for i in range(4)]))
+    cache = FakeCache(bodies)
+    t0 = time.monotonic()
+    closed = Windows((parse("end=2000-01-01T00:00:00Z"),))
+
+    def windows():  # open, closed from 0.15 s to 0.6 s (an edited annotation), open again
+        return closed if 0.15 <= time.monotonic() - t0 < 0.6 else Windows()
+
+    states = []
+    result = asyncio.run(warmer(cache, rate=1_000_000).warm(refs, windows=windows,
+                                                             on_progress=lambda p: states.append(p.state)))
+    starts = sorted(t - t0 for t in cache.started.values())
+    assert not [t for t in starts if 0.15 <= t < 0.6], starts
+    assert starts[0] < 0.15 and starts[-1] >= 0.6
+    assert PAUSED in states and result.state == WARMED and result.blobs_done == 5
 
 
 def test_concurrent_warms_of_overlapping_sets_fetch_each_blob_once():

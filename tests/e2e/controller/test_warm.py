@@ -93,7 +93,7 @@ def test_the_warm_pauses_at_the_windows_end_and_a_new_leader_resumes_it_at_the_n
     opened = datetime.now(timezone.utc)
     kube.kubectl("annotate", "machineconfigpool", "worker", "--overwrite", f"pinsvc.io/window={window(opened, 3)}")
     paused = wait_for("the warm paused at the window's end", lambda: (c := pool_conditions(kube).get(
-        "PinnedImageSetsWarmed")) and c["reason"] == "WindowClosed" and " MiB " in c["message"] and c)
+        "PinnedImageSetsWarmed")) and c["reason"] == "WindowClosed" and "Paused: " in c["message"] and c)
     assert "does not open again" in paused["message"] and not pinned(nodes, site.refs), paused
     ends = opened.replace(microsecond=0) + timedelta(seconds=3)
     offset = time.time() - time.monotonic()
