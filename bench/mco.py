@@ -119,13 +119,15 @@ def write_dropin(directory: str, text: str) -> bool:
 
 
 async def mco_like(stub, crio, refs: list[str], *, workers: int = WORKERS,
-                   sleep_after_task: float = SLEEP_AFTER_TASK) -> MCOResult:
-    """One sync of the emulated daemon (see the module doc); `crio` is a devenv Crio."""
+                   sleep_after_task: float = SLEEP_AFTER_TASK, inspect_as=lambda ref: ref) -> MCOResult:
+    """One sync of the emulated daemon (see the module doc); `crio` is a devenv Crio.
+    `inspect_as(ref)`: the reference its manifest inspection reads (a mirror's, when the
+    node reaches the image through one: the daemon's podman follows registries.conf)."""
     t0 = time.perf_counter()
     layers: dict[str, int] = {}
     for ref in refs:  # 1. space check, serial
         if not await _present(stub, ref):
-            layers.update(await inspect_one(ref, fetch_config=False))
+            layers.update(await inspect_one(inspect_as(ref), fetch_config=False))
     required = 2 * sum(layers.values())
     st = os.statvfs(crio.storage_root)
     if required >= st.f_blocks * st.f_frsize - MIN_FREE:

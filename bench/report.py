@@ -11,6 +11,7 @@ import statistics
 import sys
 from pathlib import Path
 
+from bench import warm_report
 from bench.plots import best_par, methods_of, par_of, plot_phases, plot_speedup, plot_time_vs_k
 
 MiB = 1 << 20
@@ -307,6 +308,14 @@ def markdown(results: dict, plots: list[Path], docs: Path) -> str:
     return "\n".join(out)
 
 
+def document(results: dict, plots: list[Path], docs: Path, out_dir: Path) -> str:
+    """docs/benchmarks.md: the suite's figures, then the controller's (bench/results/controller*.json)
+    and the warm stage's (bench/results/warm.json) when those benchmarks ran."""
+    controller = [json.loads(p.read_text()) for p in sorted(out_dir.glob("controller*.json"))]
+    return "\n".join([markdown(results, plots, docs), *(controller_section(controller) if controller else []),
+                      *warm_report.section(docs, out_dir / "warm.json")]) + "\n"
+
+
 def controller_section(runs: list[dict]) -> list[str]:
     """The controller benchmark (bench/controller.py, SIMULATED agents): one row per rollout
     of each result file (`runs`: bench/results/controller*.json)."""
@@ -347,6 +356,10 @@ def controller_section(runs: list[dict]) -> list[str]:
     return out
 
 
+PLOTS = ("time_vs_k_W100.png", "speedup_W100.png", "time_vs_k_W500.png", "time_vs_k_WBIG.png", "phases.png")
+"""The suite's plots, in the order the report shows them."""
+
+
 def write(results: dict, out_dir: Path, docs: Path | None) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = [p for p in (
@@ -359,9 +372,7 @@ def write(results: dict, out_dir: Path, docs: Path | None) -> list[Path]:
     written = list(plots)
     if docs is not None:
         docs.parent.mkdir(parents=True, exist_ok=True)
-        controller = [json.loads(p.read_text()) for p in sorted(out_dir.glob("controller*.json"))]
-        docs.write_text(markdown(results, plots, docs) + ("\n".join(controller_section(controller)) + "\n"
-                                                          if controller else ""))
+        docs.write_text(document(results, plots, docs, out_dir))
         written.append(docs)
     return written
 
