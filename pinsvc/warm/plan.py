@@ -93,6 +93,41 @@ class Pacer:
         return size / self.rate if self.rate else 0.0
 
 
+class LinkModel:
+    """When a blob the cache is fetching should be stored (monotonic seconds): the fetches
+    queue on a link of `rate` bytes/s (the budget at first, 0: not known), which is then the
+    rate measured while fetches ran (`stored` says when one was found stored: an upper bound
+    of its end, so the model errs slow and the looks late, which cost nothing on the link)."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self._free = 0.0  # when the link should have carried every fetch in flight
+        self._inflight = 0
+        self._bytes = 0
+        self._busy = 0.0  # seconds with a fetch in flight, before `_since`
+        self._since = 0.0
+
+    def start(self, size: int, now: float) -> float:
+        """A fetch of `size` bytes starts: when it should be stored."""
+        if not self._inflight:
+            self._since = now
+        self._inflight += 1
+        if not self.rate:
+            return now
+        self._free = max(now, self._free) + size / self.rate
+        return self._free
+
+    def stored(self, size: int, now: float) -> None:
+        """A fetch was found stored (or failed: size 0)."""
+        self._inflight = max(self._inflight - 1, 0)
+        self._bytes += size
+        busy = self._busy + now - self._since
+        if not self._inflight:
+            self._busy, self._since = busy, now
+        if self._bytes and busy > 0:
+            self.rate = self._bytes / busy
+
+
 def fits(now: datetime, seconds: float, windows: Windows) -> bool:
     """Whether a transfer of `seconds` starting `now` ends before the windows close; one
     longer than the whole current opening fits only at its beginning (or never would)."""

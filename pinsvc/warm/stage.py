@@ -33,7 +33,8 @@ from datetime import datetime, timezone
 from pinsvc import errors
 from pinsvc.adapters.pullsecret import PullSecretFile
 from pinsvc.warm import manifests
-from pinsvc.warm.plan import PAUSED, WAITING, WARMED, WARMING, Blob, Pacer, Progress, finish_time, fits, order
+from pinsvc.warm.plan import (PAUSED, WAITING, WARMED, WARMING, Blob, LinkModel, Pacer, Progress, finish_time,
+                              fits, order)
 from pinsvc.warm.registry import CacheClient, CacheError, NOT_IN_CACHE
 from pinsvc.warm.routes import Route, Routes
 from pinsvc.warm.settings import WarmSettings
@@ -46,7 +47,15 @@ PAUSE_CHECK_SECONDS = 1.0
 FIRST_LOOK_SECONDS = 0.25
 """Least wait before looking whether the cache stored a blob it was asked to fetch: a look
 while the fetch runs costs a second (cut-off) copy over the link."""
+SMALL_BLOB, SMALL_LOOK_SECONDS = 256 * 1024, 0.05
+"""A blob this small (a config) costs little to look at too early: it is looked at sooner,
+and does not wait for one of the FETCHES slots."""
+FETCHES = 2
+"""Blobs being fetched by the cache at once: more only share the link, and make the moment
+each one is stored harder to foresee."""
 LOOK_FACTOR, LOOK_MAX_SECONDS = 1.5, 5.0
+LOOK_MARGIN = 0.15
+"""The first look comes this fraction after the fetch should have ended."""
 
 
 def utcnow() -> datetime:
@@ -69,6 +78,8 @@ class Warmer:
         self._slots = asyncio.Semaphore(settings.concurrency)
         self._flights: dict[str, asyncio.Task[bool]] = {}
         self._refunded = asyncio.Event()
+        self._fetches = asyncio.Semaphore(FETCHES)
+        self.link = LinkModel(settings.rate)
 
     async def aclose(self) -> None:
         for task in list(self._flights.values()):
@@ -136,14 +147,16 @@ class Warmer:
 
     async def _ensure(self, blob: Blob) -> bool:
         """Makes the cache hold `blob` (verified); True when the cache had to fetch it."""
-        started = self.clock()
-        fetched = not await self.client.probe(blob)
-        if not fetched:
-            self.pacer.refund(blob.size, self.clock())
-            self._refunded.set()  # wakes the warms waiting for the pacer
-            self._refunded = asyncio.Event()
-        else:
-            await self._stored(blob, started)
+        small = blob.size <= SMALL_BLOB
+        async with contextlib.nullcontext() if small else self._fetches:
+            started = self.clock()
+            fetched = not await self.client.probe(blob)
+            if not fetched:
+                self.pacer.refund(blob.size, self.clock())
+                self._refunded.set()  # wakes the warms waiting for the pacer
+                self._refunded = asyncio.Event()
+            else:
+                await self._stored(blob, started, self.link.start(blob.size, started))
         await self.client.verify(blob)
         return fetched
 
@@ -152,20 +165,28 @@ class Warmer:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._refunded.wait(), seconds)
 
-    async def _stored(self, blob: Blob, started: float) -> None:
-        """Waits until the cache stores a blob it is fetching (bounded by stall_seconds)."""
-        wait = max(self.pacer.seconds(blob.size) * 1.1, FIRST_LOOK_SECONDS)
+    async def _stored(self, blob: Blob, started: float, expected: float) -> None:
+        """Waits until the cache stores a blob it is fetching (bounded by stall_seconds).
+        A look while the fetch runs costs a cut-off copy over the link: the first comes when
+        the link model (`plan.LinkModel`) says the blob should be there."""
+        least = SMALL_LOOK_SECONDS if blob.size <= SMALL_BLOB else FIRST_LOOK_SECONDS
+        wait = max((expected - started) * (1 + LOOK_MARGIN), least)
         deadline = started + self.settings.stall_seconds
-        while True:
-            await asyncio.sleep(max(started + wait - self.clock(), 0))
-            if await self.client.probe(blob):
-                return
-            if self.clock() >= deadline:
-                host = blob.repository.partition("/")[0]
-                raise CacheError(host, NOT_IN_CACHE, f"blob {blob.key} is still not in its storage "
-                                 f"{self.settings.stall_seconds:g} s after it was asked for (is it a "
-                                 f"pull-through cache, and is its upstream reachable?)")
-            wait = min(wait * LOOK_FACTOR, wait + LOOK_MAX_SECONDS)
+        try:
+            while True:
+                await asyncio.sleep(max(started + wait - self.clock(), 0))
+                if await self.client.probe(blob):
+                    self.link.stored(blob.size, self.clock())
+                    return
+                if self.clock() >= deadline:
+                    host = blob.repository.partition("/")[0]
+                    raise CacheError(host, NOT_IN_CACHE, f"blob {blob.key} is still not in its storage "
+                                     f"{self.settings.stall_seconds:g} s after it was asked for (is it a "
+                                     f"pull-through cache, and is its upstream reachable?)")
+                wait = min(wait * LOOK_FACTOR, wait + LOOK_MAX_SECONDS)
+        except BaseException:
+            self.link.stored(0, self.clock())
+            raise
 
 
 class _Run:

@@ -75,3 +75,18 @@ def test_progress_in_one_line():
                            "ETA 2026-01-10T22:14:05Z")
     p.state, p.next_open = PAUSED, at("2026-01-11T22:00:00+01:00")
     assert p.summary().endswith("; window closed, opens 2026-01-11T21:00:00Z")
+
+
+def test_the_link_model_queues_fetches_at_the_budget_then_at_the_measured_rate():
+    from pinsvc.warm.plan import LinkModel
+    link = LinkModel(rate=1 * MiB)
+    assert link.start(2 * MiB, now=10.0) == 12.0
+    assert link.start(1 * MiB, now=10.5) == 13.0, "behind the first on the same link"
+    link.stored(2 * MiB, now=12.5)
+    link.stored(1 * MiB, now=14.0)  # 3 MiB in 4 s of fetching: 0.75 MiB/s
+    assert link.rate == 0.75 * MiB
+    assert link.start(3 * MiB, now=20.0) == 24.0, "an idle link does not count"
+    unknown = LinkModel(rate=0)
+    assert unknown.start(MiB, now=1.0) == 1.0
+    unknown.stored(MiB, now=3.0)
+    assert unknown.rate == 0.5 * MiB
