@@ -134,8 +134,8 @@ class Warmer:
     def flight(self, blob: Blob) -> asyncio.Task[bool] | None:
         return self._flights.get(blob.key)
 
-    def start(self, blob: Blob) -> asyncio.Task[bool]:
-        task = asyncio.create_task(self._ensure(blob), name=f"warm {blob.key}")
+    def start(self, blob: Blob, windows: Callable[[], Windows]) -> asyncio.Task[bool]:
+        task = asyncio.create_task(self._ensure(blob, windows), name=f"warm {blob.key}")
         self._flights[blob.key] = task
         task.add_done_callback(lambda t: self._forget(blob.key, t))
         return task
@@ -145,7 +145,7 @@ class Warmer:
         if not task.cancelled():
             task.exception()  # retrieved: a flight whose every waiter was cancelled is not "lost"
 
-    async def _ensure(self, blob: Blob) -> bool:
+    async def _ensure(self, blob: Blob, windows: Callable[[], Windows]) -> bool:
         """Makes the cache hold `blob` (verified); True when the cache had to fetch it."""
         small = blob.size <= SMALL_BLOB
         async with contextlib.nullcontext() if small else self._fetches:
@@ -156,7 +156,7 @@ class Warmer:
                 self._refunded.set()  # wakes the warms waiting for the pacer
                 self._refunded = asyncio.Event()
             else:
-                await self._stored(blob, started, self.link.start(blob.size, started))
+                await self._stored(blob, started, self.link.start(blob.size, started), windows)
         await self.client.verify(blob)
         return fetched
 
@@ -165,16 +165,20 @@ class Warmer:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._refunded.wait(), seconds)
 
-    async def _stored(self, blob: Blob, started: float, expected: float) -> None:
+    async def _stored(self, blob: Blob, started: float, expected: float, windows: Callable[[], Windows]) -> None:
         """Waits until the cache stores a blob it is fetching (bounded by stall_seconds).
         A look while the fetch runs costs a cut-off copy over the link: the first comes when
-        the link model (`plan.LinkModel`) says the blob should be there."""
+        the link model (`plan.LinkModel`) says the blob should be there, and none while the
+        windows are closed (the next opening finds the blob stored)."""
         least = SMALL_LOOK_SECONDS if blob.size <= SMALL_BLOB else FIRST_LOOK_SECONDS
         wait = max((expected - started) * (1 + LOOK_MARGIN), least)
         deadline = started + self.settings.stall_seconds
         try:
             while True:
                 await asyncio.sleep(max(started + wait - self.clock(), 0))
+                while not windows().is_open(self.now()):
+                    await asyncio.sleep(PAUSE_CHECK_SECONDS)
+                    deadline += PAUSE_CHECK_SECONDS
                 if await self.client.probe(blob):
                     self.link.stored(blob.size, self.clock())
                     return
@@ -256,7 +260,7 @@ class _Run:
                     task = self.warmer.flight(blob)
                     if task is None:
                         await self._admit(blob)
-                        task = self.warmer.start(blob)
+                        task = self.warmer.start(blob, self.windows)
                 except BaseException:
                     self.warmer._slots.release()
                     raise
