@@ -43,17 +43,19 @@ def add_arguments(parser: argparse.ArgumentParser, *, window: bool = True) -> No
                        help="warm the site cache first: the nodes' registries.conf, whose first mirror of an "
                             "image is the cache (default: no warm stage)")
     group.add_argument("--warm-registries-conf-dir", metavar="DIR", action="append", default=[],
-                       help="its drop-in directory (registries.conf.d); repeatable")
+                       help="its drop-in directory (registries.conf.d); repeatable (default: none)")
     group.add_argument("--warm-rate", default="0", metavar="RATE",
                        help="upstream budget of the warm, bytes/s averaged, e.g. 20MiB (default: 0 = none)")
     group.add_argument("--warm-pull-secret", metavar="FILE", help="config.json with the caches' credentials")
-    group.add_argument("--warm-concurrency", type=int, default=4, help="blobs in flight (default: %(default)s)")
-    group.add_argument("--warm-platform", default="", help="the nodes' os/arch[/variant] (default: this machine's)")
+    group.add_argument("--warm-concurrency", type=int, default=4, metavar="N",
+                       help="blobs warmed at once (default: %(default)s)")
+    group.add_argument("--warm-platform", default="", metavar="OS/ARCH",
+                       help="the nodes' platform, os/arch[/variant] (default: this machine's)")
     if not window:
         return
     group.add_argument("--window", action="append", default=[], metavar="SPEC",
-                       help="a maintenance window for every pool, e.g. 'cron=0 22 * * *; duration=4h' "
-                            "(annotations pinsvc.io/window on pools and sets apply too)")
+                       help="a maintenance window for every pool, e.g. 'cron=0 22 * * *; duration=4h'; the "
+                            "annotations pinsvc.io/window on pools and sets apply too (default: none)")
 
 
 def settings_from(args: argparse.Namespace) -> WarmSettings | None:
