@@ -143,7 +143,7 @@ class WarmGate:
         while not windows.is_open(now := self.now()):
             opens = windows.next_open(now)
             if opens is None:
-                return not self._refuse([record], NOT_STARTED, WINDOW_CLOSED, f"window {windows} does not open again")
+                return self._refuse([record], NOT_STARTED, WINDOW_CLOSED, f"window {windows} does not open again")
             if not told:
                 self.say(f"pool {plan.name}: window {windows} is closed; nodes wait until "
                          f"{opens.strftime('%Y-%m-%dT%H:%M:%SZ')}")
