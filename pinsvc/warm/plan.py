@@ -65,22 +65,24 @@ def parse_rate(text: str) -> float:
 
 
 class Pacer:
-    """Starts of upstream transfers at `rate` bytes/s on average (0 = no budget)."""
+    """Starts of upstream transfers at `rate` bytes/s on average (0 = no budget). A start may
+    come `lead` seconds before the previous booking's slot ends (GCRA's tolerance), so that
+    its requests overlap the end of that transfer instead of leaving the link idle."""
 
-    def __init__(self, rate: float) -> None:
-        self.rate = rate
-        self._free_at = 0.0  # monotonic time at which the next transfer may start
+    def __init__(self, rate: float, *, lead: float = 0.0) -> None:
+        self.rate, self.lead = rate, lead
+        self._free_at = 0.0  # monotonic time at which the booked transfers' slots end
 
     def wait(self, now: float) -> float:
         """Seconds until a transfer may start (0: now)."""
-        return max(self._free_at - now, 0.0) if self.rate else 0.0
+        return max(self._free_at - self.lead - now, 0.0) if self.rate else 0.0
 
     def reserve(self, size: int, now: float) -> float:
         """Books `size` bytes; the monotonic time at which their transfer may start."""
         if not self.rate:
             return now
-        start = max(now, self._free_at)
-        self._free_at = start + size / self.rate
+        start = max(now, self._free_at - self.lead)
+        self._free_at = max(now, self._free_at) + size / self.rate
         return start
 
     def refund(self, size: int, now: float) -> None:

@@ -53,6 +53,9 @@ and does not wait for one of the FETCHES slots."""
 FETCHES = 2
 """Blobs being fetched by the cache at once: more only share the link, and make the moment
 each one is stored harder to foresee."""
+PACER_LEAD_SECONDS = 0.25
+"""A fetch may start this long before the previous one's slot ends: the cache's requests
+upstream (a ping, a HEAD) then overlap that transfer's end."""
 LOOK_FACTOR, LOOK_MAX_SECONDS = 1.5, 5.0
 LOOK_MARGIN = 0.15
 """The first look comes this fraction after the fetch should have ended."""
@@ -73,9 +76,10 @@ class Warmer:
             client = CacheClient(credentials=secret.lookup_endpoint if secret else (lambda host, path: None),
                                  timeout=settings.timeout_seconds)
         self.client = client
-        self.pacer = Pacer(settings.rate)
+        self.pacer = Pacer(settings.rate, lead=PACER_LEAD_SECONDS)
         self.clock, self.now = clock, now
         self._slots = asyncio.Semaphore(settings.concurrency)
+        self._small_slots = asyncio.Semaphore(settings.concurrency)
         self._flights: dict[str, asyncio.Task[bool]] = {}
         self._refunded = asyncio.Event()
         self._fetches = asyncio.Semaphore(FETCHES)
@@ -250,10 +254,16 @@ class _Run:
             else:
                 todo.append(blob)
         self.report()
+        small = [b for b in todo if b.size <= SMALL_BLOB]  # configs: a lane of their own, beside the layers
+        await asyncio.gather(self._lane([b for b in todo if b.size > SMALL_BLOB], self.warmer._slots),
+                             self._lane(small, self.warmer._small_slots))
+
+    async def _lane(self, blobs: list[Blob], slots: asyncio.Semaphore) -> None:
+        """Warms `blobs` in order, at most `slots` at once; the first failure stops it."""
         tasks: list[asyncio.Task[None]] = []
         try:
-            for blob in todo:
-                await self.warmer._slots.acquire()
+            for blob in blobs:
+                await slots.acquire()
                 try:
                     if failed := next((t for t in tasks if t.done() and t.exception()), None):
                         raise failed.exception()
@@ -262,9 +272,9 @@ class _Run:
                         await self._admit(blob)
                         task = self.warmer.start(blob, self.windows)
                 except BaseException:
-                    self.warmer._slots.release()
+                    slots.release()
                     raise
-                tasks.append(asyncio.create_task(self._finish(blob, task)))
+                tasks.append(asyncio.create_task(self._finish(blob, task, slots)))
             await asyncio.gather(*tasks)
         finally:
             for task in tasks:
@@ -283,11 +293,11 @@ class _Run:
                 return
             await self.warmer.pacer_wait(wait)
 
-    async def _finish(self, blob: Blob, task: asyncio.Task[bool]) -> None:
+    async def _finish(self, blob: Blob, task: asyncio.Task[bool], slots: asyncio.Semaphore) -> None:
         try:
             fetched = await asyncio.shield(task)
         finally:
-            self.warmer._slots.release()
+            slots.release()
         p = self.progress
         p.blobs_done, p.bytes_done = p.blobs_done + 1, p.bytes_done + blob.size
         if fetched:

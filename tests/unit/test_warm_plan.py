@@ -33,6 +33,14 @@ def test_the_pacer_spaces_starts_by_size_over_rate_and_takes_back_unused_slots()
     assert Pacer(0).reserve(10 * MiB, now=5.0) == 5.0 and Pacer(0).seconds(10) == 0
 
 
+def test_the_pacer_lets_a_start_lead_the_previous_slots_end_without_raising_the_rate():
+    pacer = Pacer(rate=1 * MiB, lead=0.25)
+    assert pacer.reserve(2 * MiB, now=100.0) == 100.0
+    assert pacer.wait(100.0) == 1.75 and pacer.wait(101.75) == 0
+    assert pacer.reserve(2 * MiB, now=101.75) == 101.75
+    assert pacer.wait(101.75) == 2.0, "the next slot ends at 104: a start at 103.75"
+
+
 def test_a_transfer_starts_only_when_it_ends_before_the_window_closes():
     window = Windows((parse("cron=0 22 * * *; duration=1h"),))
     assert fits(at("2026-01-10T22:00:00Z"), 1800, window)
