@@ -12,8 +12,8 @@ with a shared rate cap and byte counter), Debian's docker-registry in proxy mode
 cache, N real CRI-Os whose registries.conf reaches the canonical (unresolvable) name only
 through the cache, an agent each (fresh state per measurement), the pool's maxUnavailable N.
 Every measurement starts from an empty cache and empty nodes. The ideal for a rollout: one
-transfer of the set at the cap plus one LAN pull (one node pulling the whole set from a warm
-cache, measured once). Writes bench/results/warm.json, bench/results/warm.png and the
+transfer of the set at the cap plus one LAN pull (the N nodes pulling the whole set from a
+warm cache at once, measured per N: here they share this machine's cores). Writes bench/results/warm.json, bench/results/warm.png and the
 warm section of docs/benchmarks.md (bench/warm_report.py).
 
     .venv/bin/python -m bench.warm [--quick] [--nodes 1,3,5] [--cap 8MiB] [--keep]
@@ -84,7 +84,7 @@ class Bench:
         self.crios = {f"n{i + 1}": Crio(root / f"crio-n{i + 1}") for i in range(nodes)}
         self.refs: list[str] = []
         self.conf = root / "registries.conf"
-        self.index = 0
+        self.index, self.warm_seconds = 0, 0.0
 
     def start(self) -> None:
         self.site.start()
@@ -108,31 +108,37 @@ class Bench:
         self.site.proxy.reset_counters()
         self.site.link.reset()
 
-    async def lan_pull(self) -> float:
-        """Seconds for one node to pull the set from a warm cache, 5 pulls in flight."""
-        self.reset(["n1"])
+    async def lan_pull(self, n: int) -> float:
+        """Seconds for N nodes to pull the set from a warm cache, each 5 pulls in flight:
+        the rollout's floor once the set is in the site (the nodes share this machine's cores)."""
+        names = list(self.crios)[:n]
+        self.reset(names)
         warmer = Warmer(WarmSettings(self.conf))
         try:
             await warmer.warm(self.refs)
         finally:
             await warmer.aclose()
-        crio = self.crios["n1"]
-        slots = asyncio.Semaphore(5)
-        async with grpc.aio.insecure_channel(f"unix://{crio.socket}") as channel:
-            stub = api_pb2_grpc.ImageServiceStub(channel)
 
-            async def pull(ref: str) -> None:
-                async with slots:
-                    await stub.PullImage(api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=ref)), timeout=600)
+        async def node(crio: Crio) -> None:
+            slots = asyncio.Semaphore(5)
+            async with grpc.aio.insecure_channel(f"unix://{crio.socket}") as channel:
+                stub = api_pb2_grpc.ImageServiceStub(channel)
 
-            t0 = time.perf_counter()
-            await asyncio.gather(*(pull(r) for r in self.refs))
-            return time.perf_counter() - t0
+                async def pull(ref: str) -> None:
+                    async with slots:
+                        await stub.PullImage(api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=ref)),
+                                             timeout=600)
+
+                await asyncio.gather(*(pull(r) for r in self.refs))
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(node(self.crios[name]) for name in names))
+        return time.perf_counter() - t0
 
     async def measure(self, method: str, n: int) -> dict:
         names = list(self.crios)[:n]
         await asyncio.to_thread(self.reset, names)
-        self.index += 1
+        self.index, self.warm_seconds = self.index + 1, 0.0
         t0 = time.perf_counter()
         if method == "MCO-like":
             await self._mco(names)
@@ -145,7 +151,8 @@ class Bench:
                 raise BenchError(f"{method}, N={n}: node {name}: {len(missing)} images not pinned")
         upstream = self.site.link.bytes
         return {"method": method, "nodes": n, "seconds": round(seconds, 2), "upstream_bytes": upstream,
-                "upstream_ratio": round(upstream / unique_bytes(self.images), 3)}
+                "upstream_ratio": round(upstream / unique_bytes(self.images), 3),
+                **({"warm_seconds": round(self.warm_seconds, 2)} if self.warm_seconds else {})}
 
     async def _pinctl(self, names: list[str], *, warm: bool) -> None:
         work = self.root / f"run-{self.index}"
@@ -161,10 +168,15 @@ class Bench:
                     str(endpoints), "-o", "json", "--record-dir", str(work / "records")]
             if warm:
                 argv += ["--warm-registries-conf", str(self.conf), "--warm-rate", str(int(self.cap))]
-            proc = await asyncio.create_subprocess_exec(*argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            _, err = await proc.communicate()
-            if proc.returncode != 0:
-                raise BenchError(f"pinctl rollout exited {proc.returncode}: {err.decode()[-2000:]}")
+            t0 = time.perf_counter()
+            proc = await asyncio.create_subprocess_exec(*argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            err = []
+            async for line in proc.stderr:  # the first node applying ends the warm stage
+                err.append(line.decode())
+                if ": applying " in err[-1] and not self.warm_seconds:
+                    self.warm_seconds = time.perf_counter() - t0
+            if await proc.wait() != 0:
+                raise BenchError(f"pinctl rollout exited {proc.returncode}: {''.join(err)[-2000:]}")
         finally:
             for agent in agents.values():
                 await asyncio.to_thread(agent.stop)
@@ -186,20 +198,23 @@ class Bench:
 async def run(bench: Bench, ns: list[int]) -> dict:
     set_bytes = unique_bytes(bench.images)
     say(f"set: {len(bench.refs)} images, {set_bytes / MiB:.1f} MiB in one repository; link {bench.cap / MiB:g} MiB/s")
-    lan = await bench.lan_pull()
-    say(f"one LAN pull of the set: {lan:.1f} s; ideal rollout: {set_bytes / bench.cap + lan:.1f} s")
-    runs = []
+    runs, lan = [], {}
     for n in ns:
+        lan[n] = await bench.lan_pull(n)
+        ideal = set_bytes / bench.cap + lan[n]
+        say(f"N={n}: the set from a warm cache to {n} node(s) at once: {lan[n]:.1f} s; ideal rollout {ideal:.1f} s")
         for method in METHODS:
             result = await bench.measure(method, n)
-            result["ideal_seconds"] = round(set_bytes / bench.cap + lan, 2)
-            result["vs_ideal"] = round(result["seconds"] / result["ideal_seconds"], 2)
-            say(f"N={n} {method:12} {result['seconds']:7.1f} s ({result['vs_ideal']:.2f}x ideal), "
+            result["ideal_seconds"] = round(ideal, 2)
+            result["vs_ideal"] = round(result["seconds"] / ideal, 2)
+            warm = f", warm {result['warm_seconds']:.1f} s" if "warm_seconds" in result else ""
+            say(f"N={n} {method:12} {result['seconds']:7.1f} s ({result['vs_ideal']:.2f}x ideal{warm}), "
                 f"upstream {result['upstream_bytes'] / MiB:7.1f} MiB ({result['upstream_ratio']:.2f}x the set)")
             runs.append(result)
     return {"set_bytes": set_bytes, "images": len(bench.refs), "blobs": len({b.digest for i in bench.images
                                                                              for b in (i.config, *i.layers)}),
-            "cap_bytes_per_second": bench.cap, "lan_pull_seconds": round(lan, 2), "runs": runs}
+            "cap_bytes_per_second": bench.cap, "lan_pull_seconds": {str(n): round(t, 2) for n, t in lan.items()},
+            "runs": runs}
 
 
 def main(argv: list[str] | None = None) -> int:

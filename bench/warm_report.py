@@ -44,8 +44,8 @@ def plot(results: dict, path: Path) -> Path:
         right.plot(ns, [r["seconds"] for r in runs], marker=marker, color=color, label=method)
     ns = sorted({r["nodes"] for r in results["runs"]})
     left.plot(ns, [1.0] * len(ns), linestyle=":", color="gray", label="one copy of the set")
-    ideal = results["runs"][0]["ideal_seconds"]
-    right.plot(ns, [ideal] * len(ns), linestyle=":", color="gray", label="ideal: set at the cap + one LAN pull")
+    ideal = {r["nodes"]: r["ideal_seconds"] for r in results["runs"]}
+    right.plot(ns, [ideal[n] for n in ns], linestyle=":", color="gray", label="ideal: set at the cap + one LAN pull")
     left.set(title="Upstream bytes per rollout", xlabel="nodes (N)", ylabel="x the set's compressed bytes", xticks=ns)
     right.set(title="Rollout wall time", xlabel="nodes (N)", ylabel="seconds", xticks=ns)
     for ax in (left, right):
@@ -66,6 +66,7 @@ def section(docs: Path, source: Path = RESULTS / "warm.json") -> list[str]:
         return []
     r = json.loads(source.read_text())
     mach, cap = r["machine"], r["cap_bytes_per_second"] / MiB
+    lan = ", ".join(f"N={n}: {t:.1f} s" for n, t in r["lan_pull_seconds"].items())
     rel = os.path.relpath(source.parent / "warm.png", docs.parent)
     out = ["## Slow links: the warm stage (issue 15)", "",
            f"Measured {r['started_utc']} on {mach['hostname']} ({mach['cpu_model']}, {mach['cores']} cores) by "
@@ -78,11 +79,14 @@ def section(docs: Path, source: Path = RESULTS / "warm.json") -> list[str]:
            f"the Machine Config Operator prefetches). **pinsvc+warm**: `pinctl rollout --warm-registries-conf ... "
            f"--warm-rate {cap:g}MiB`; **pinsvc**: `pinctl rollout` without the warm stage; **MCO-like**: "
            f"`bench/mco.py` on every node at once. The ideal: the set once at the cap "
-           f"({r['set_bytes'] / r['cap_bytes_per_second']:.1f} s) plus one LAN pull of the set from a warm cache "
-           f"({r['lan_pull_seconds']:.1f} s, measured).", "",
-           "| N | method | wall s | x ideal | upstream MiB | x the set |", "|---|---|---|---|---|---|"]
+           f"({r['set_bytes'] / r['cap_bytes_per_second']:.1f} s) plus one LAN pull: the N nodes pulling the set "
+           f"from a warm cache at once, measured per N ({lan}); the N nodes share this machine's "
+           f"{mach['cores']} cores, so that pull grows with N here, where real nodes each pull with their own.", "",
+           "| N | method | wall s | x ideal | of which warm s | upstream MiB | x the set |",
+           "|---|---|---|---|---|---|---|"]
     for run in sorted(r["runs"], key=lambda x: (x["nodes"], METHODS.index(x["method"]))):
-        out.append(f"| {run['nodes']} | {run['method']} | {run['seconds']:.1f} | {run['vs_ideal']:.2f} | "
+        warm = f"{run['warm_seconds']:.1f}" if "warm_seconds" in run else "-"
+        out.append(f"| {run['nodes']} | {run['method']} | {run['seconds']:.1f} | {run['vs_ideal']:.2f} | {warm} | "
                    f"{run['upstream_bytes'] / MiB:.1f} | {run['upstream_ratio']:.2f} |")
     warm = _runs(r, "pinsvc+warm")
     worst = max((x["upstream_ratio"] for x in warm), default=0)
