@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
-from pinsvc.warm.window import MAX_STEPS, Windows
+from pinsvc.warm.window import Windows
 
 WARMING, PAUSED, WARMED, FAILED, WAITING = "Warming", "Paused", "Warmed", "Failed", "Waiting"
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMG]i?B?|B)?\s*(?:/s)?\s*$", re.IGNORECASE)
@@ -65,24 +65,22 @@ def parse_rate(text: str) -> float:
 
 
 class Pacer:
-    """Starts of upstream transfers at `rate` bytes/s on average (0 = no budget). A start may
-    come `lead` seconds before the previous booking's slot ends (GCRA's tolerance), so that
-    its requests overlap the end of that transfer instead of leaving the link idle."""
+    """Starts of upstream transfers at `rate` bytes/s on average (0 = no budget)."""
 
-    def __init__(self, rate: float, *, lead: float = 0.0) -> None:
-        self.rate, self.lead = rate, lead
-        self._free_at = 0.0  # monotonic time at which the booked transfers' slots end
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self._free_at = 0.0  # monotonic time at which the next transfer may start
 
     def wait(self, now: float) -> float:
         """Seconds until a transfer may start (0: now)."""
-        return max(self._free_at - self.lead - now, 0.0) if self.rate else 0.0
+        return max(self._free_at - now, 0.0) if self.rate else 0.0
 
     def reserve(self, size: int, now: float) -> float:
         """Books `size` bytes; the monotonic time at which their transfer may start."""
         if not self.rate:
             return now
-        start = max(now, self._free_at - self.lead)
-        self._free_at = max(now, self._free_at) + size / self.rate
+        start = max(now, self._free_at)
+        self._free_at = start + size / self.rate
         return start
 
     def refund(self, size: int, now: float) -> None:
@@ -98,8 +96,12 @@ class Pacer:
 class LinkModel:
     """When a blob the cache is fetching should be stored (monotonic seconds): the fetches
     queue on a link of `rate` bytes/s (the budget at first, 0: not known), which is then the
-    rate measured while fetches ran (`stored` says when one was found stored: an upper bound
-    of its end, so the model errs slow and the looks late, which cost nothing on the link)."""
+    rate measured while fetches ran. `stored` is told when a fetch ended at the latest: a
+    look that finds a blob stored comes after the model's expected end, and later still when
+    the windows closed meanwhile, so that look's time would lower the measured rate and push
+    every next look later (a spiral); the caller passes the expected end unless a look
+    before it found the blob still missing (`Warmer._stored`). The model errs slow and the
+    looks late, which cost nothing on the link."""
 
     def __init__(self, rate: float) -> None:
         self.rate = rate
@@ -140,15 +142,22 @@ def fits(now: datetime, seconds: float, windows: Windows) -> bool:
     return (closes - opened).total_seconds() < seconds and now - opened < timedelta(seconds=1)
 
 
+ETA_OPENINGS = 200
+"""Openings an ETA looks ahead (beyond: unknown). Each costs croniter's arithmetic, and the
+ETA is computed at every progress report on the event loop: 10 000 openings of a window of
+seconds took 2.8 s of CPU, during which no look at the cache was made."""
+
+
 def finish_time(now: datetime, remaining: int, rate: float, windows: Windows) -> datetime | None:
     """When `remaining` bytes are moved at `rate` bytes/s, working only while the windows
-    are open; None when unknown (no rate) or never (the windows do not open again)."""
+    are open; None when unknown (no rate, or beyond ETA_OPENINGS openings) or never (the
+    windows do not open again)."""
     if remaining <= 0:
         return now
     if rate <= 0:
         return None
     t, left = now, remaining / rate
-    for _ in range(MAX_STEPS):
+    for _ in range(ETA_OPENINGS):
         opens = windows.next_open(t)
         if opens is None:
             return None

@@ -53,9 +53,6 @@ and does not wait for one of the FETCHES slots."""
 FETCHES = 2
 """Blobs being fetched by the cache at once: more only share the link, and make the moment
 each one is stored harder to foresee."""
-PACER_LEAD_SECONDS = 0.25
-"""A fetch may start this long before the previous one's slot ends: the cache's requests
-upstream (a ping, a HEAD) then overlap that transfer's end."""
 LOOK_FACTOR, LOOK_MAX_SECONDS = 1.5, 5.0
 LOOK_MARGIN = 0.15
 """The first look comes this fraction after the fetch should have ended."""
@@ -76,7 +73,7 @@ class Warmer:
             client = CacheClient(credentials=secret.lookup_endpoint if secret else (lambda host, path: None),
                                  timeout=settings.timeout_seconds)
         self.client = client
-        self.pacer = Pacer(settings.rate, lead=PACER_LEAD_SECONDS)
+        self.pacer = Pacer(settings.rate)
         self.clock, self.now = clock, now
         self._slots = asyncio.Semaphore(settings.concurrency)
         self._small_slots = asyncio.Semaphore(settings.concurrency)
@@ -177,15 +174,19 @@ class Warmer:
         least = SMALL_LOOK_SECONDS if blob.size <= SMALL_BLOB else FIRST_LOOK_SECONDS
         wait = max((expected - started) * (1 + LOOK_MARGIN), least)
         deadline = started + self.settings.stall_seconds
+        missing_at = started  # the last look that found the blob still missing
         try:
             while True:
                 await asyncio.sleep(max(started + wait - self.clock(), 0))
                 while not windows().is_open(self.now()):
                     await asyncio.sleep(PAUSE_CHECK_SECONDS)
                     deadline += PAUSE_CHECK_SECONDS
+                looked = self.clock()
                 if await self.client.probe(blob):
-                    self.link.stored(blob.size, self.clock())
+                    # ended by `looked`, and by `expected` as far as anyone knows (LinkModel)
+                    self.link.stored(blob.size, max(min(looked, expected), missing_at))
                     return
+                missing_at = looked
                 if self.clock() >= deadline:
                     host = blob.repository.partition("/")[0]
                     raise CacheError(host, NOT_IN_CACHE, f"blob {blob.key} is still not in its storage "

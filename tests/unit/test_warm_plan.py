@@ -1,5 +1,6 @@
 """The warm stage's arithmetic (pinsvc/warm/plan.py): order, pacer, window fit, ETA, rates."""
 
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -33,14 +34,6 @@ def test_the_pacer_spaces_starts_by_size_over_rate_and_takes_back_unused_slots()
     assert Pacer(0).reserve(10 * MiB, now=5.0) == 5.0 and Pacer(0).seconds(10) == 0
 
 
-def test_the_pacer_lets_a_start_lead_the_previous_slots_end_without_raising_the_rate():
-    pacer = Pacer(rate=1 * MiB, lead=0.25)
-    assert pacer.reserve(2 * MiB, now=100.0) == 100.0
-    assert pacer.wait(100.0) == 1.75 and pacer.wait(101.75) == 0
-    assert pacer.reserve(2 * MiB, now=101.75) == 101.75
-    assert pacer.wait(101.75) == 2.0, "the next slot ends at 104: a start at 103.75"
-
-
 def test_a_transfer_starts_only_when_it_ends_before_the_window_closes():
     window = Windows((parse("cron=0 22 * * *; duration=1h"),))
     assert fits(at("2026-01-10T22:00:00Z"), 1800, window)
@@ -61,8 +54,16 @@ def test_the_eta_counts_the_closed_hours_between_openings():
     assert finish_time(at("2026-01-10T12:00:00Z"), 60 * MiB, 1 * MiB, window) == at("2026-01-10T22:01:00Z")
     assert finish_time(now, 0, 0, window) == now
     assert finish_time(now, 1, 0, window) is None, "no rate known yet"
+
     once = Windows((parse("end=2026-01-10T23:00:00Z"),))
     assert finish_time(now, 3600 * MiB, 1 * MiB, once) is None, "the window does not open again"
+
+
+def test_an_eta_looks_a_bounded_number_of_openings_ahead_the_event_loop_waits_meanwhile():
+    window = Windows((parse("cron=* * * * * */6; duration=3s"),))
+    started = time.process_time()
+    assert finish_time(at("2026-01-10T22:00:00Z"), 9 * MiB, 1000, window) is None, "3 hours of openings ahead"
+    assert time.process_time() - started < 0.5
 
 
 @pytest.mark.parametrize("text, rate", [("20MiB", 20 * MiB), ("20MiB/s", 20 * MiB), ("8M", 8e6), ("8MB", 8e6),

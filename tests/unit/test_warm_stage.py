@@ -19,7 +19,6 @@ from pinsvc.warm.plan import PAUSED, WAITING, WARMED
 from pinsvc.warm.registry import CACHE_UNAVAILABLE, NOT_IN_CACHE, CacheError
 from pinsvc.warm.routes import Route
 from pinsvc.warm.settings import WarmSettings
-from pinsvc.warm import stage
 from pinsvc.warm.stage import Warmer
 from pinsvc.warm.window import Windows, parse
 
@@ -112,8 +111,7 @@ def test_every_blob_once_verified_and_the_progress_adds_up():
     assert result.bytes_fetched == result.bytes_done and seen[-1] == WARMED
 
 
-def test_fetches_start_at_the_budget_and_held_blobs_cost_none_of_it(monkeypatch):
-    monkeypatch.setattr(stage, "PACER_LEAD_SECONDS", 0.0)  # the lead: tests/unit/test_warm_plan.py
+def test_fetches_start_at_the_budget_and_held_blobs_cost_none_of_it():
     layers = [(f"l{i}", 200_000 if i < 2 else 100_000) for i in range(5)]
     refs, bodies = images(manifest(*layers))  # the held ones first: the biggest go first
     held = {f"{CACHE}/app0@{digest(b'l0')}", f"{CACHE}/app0@{digest(b'l1')}"}

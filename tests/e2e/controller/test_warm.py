@@ -41,13 +41,13 @@ def site_nodes(nodes, site, tmp_path):
     conf.write_text(site.registries_conf())
     for name in WORKERS:
         crio = nodes.nodes[name].crio
-        (crio.root / "registries.conf.d" / "50-site.conf").write_text(site.registries_conf())
+        (crio.registries_conf_dir / "50-site.conf").write_text(site.registries_conf())
         crio.reload()
     yield conf
     for name in WORKERS:
         node = nodes.nodes[name]
         asyncio.run(_unpin(node.agent))
-        (node.crio.root / "registries.conf.d" / "50-site.conf").unlink(missing_ok=True)
+        (node.crio.registries_conf_dir / "50-site.conf").unlink(missing_ok=True)
         node.crio.reload()
         ids = [i["id"] for i in node.crio.images_json().get("images") or []]
         if ids:
