@@ -99,8 +99,8 @@ class LinkModel:
     rate measured while fetches ran. `stored` is told when a fetch ended at the latest: a
     look that finds a blob stored comes after the model's expected end, and later still when
     the windows closed meanwhile, so that look's time would lower the measured rate and push
-    every next look later (a spiral); the caller passes the expected end unless a look
-    before it found the blob still missing (`Warmer._stored`). The model errs slow and the
+    every next look later (a spiral); the caller passes the expected end, within the last
+    look that found the blob missing and the one that found it stored (`Warmer._stored`). The model errs slow and the
     looks late, which cost nothing on the link."""
 
     def __init__(self, rate: float) -> None:

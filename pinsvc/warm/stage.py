@@ -183,8 +183,10 @@ class Warmer:
                     deadline += PAUSE_CHECK_SECONDS
                 looked = self.clock()
                 if await self.client.probe(blob):
-                    # ended by `looked`, and by `expected` as far as anyone knows (LinkModel)
-                    self.link.stored(blob.size, max(min(looked, expected), missing_at))
+                    # it ended between the last miss and this look: at `expected` when the
+                    # model knew a rate, else (no budget, nothing measured yet) half way
+                    end = expected if expected > started else (missing_at + looked) / 2
+                    self.link.stored(blob.size, min(max(end, missing_at), looked))
                     return
                 missing_at = looked
                 if self.clock() >= deadline:
