@@ -16,7 +16,7 @@ transfer of the set at the cap plus one LAN pull (the N nodes pulling the whole 
 warm cache at once, measured per N: here they share this machine's cores). Writes bench/results/warm.json, bench/results/warm.png and the
 warm section of docs/benchmarks.md (bench/warm_report.py).
 
-    .venv/bin/python -m bench.warm [--quick] [--nodes 1,3,5] [--cap 8MiB] [--keep]
+    .venv/bin/python -m bench.warm [--quick] [--nodes 1,3,5] [--cap 8MiB] [--images 50] [--keep]
 
 Run as root (CRI-O). The full run takes ~15 min on 2 cores; `--quick` ~2 min.
 """
@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import resource
 import shutil
 import subprocess
 import sys
@@ -39,7 +40,7 @@ import yaml
 from bench import warm_report
 from bench.cluster import clean
 from bench.mco import mco_like
-from bench.pin100 import BenchError
+from bench.pin100 import BenchError, CpuMeter
 from devenv.agent import AgentProcess
 from devenv.crio import Crio
 from devenv.site import CANONICAL_HOST, MiB, Site, release_workload, unique_bytes
@@ -91,8 +92,8 @@ class Bench:
         self.refs = self.site.push(self.images)
         self.conf.write_text(self.site.registries_conf())
         for crio in self.crios.values():
-            (crio.root / "registries.conf.d").mkdir(parents=True, exist_ok=True)
-            (crio.root / "registries.conf.d" / "50-site.conf").write_text(self.site.registries_conf())
+            crio.registries_conf_dir.mkdir(parents=True, exist_ok=True)
+            (crio.registries_conf_dir / "50-site.conf").write_text(self.site.registries_conf())
             crio.start(timeout=60)
 
     def stop(self) -> None:
@@ -113,7 +114,7 @@ class Bench:
         the rollout's floor once the set is in the site (the nodes share this machine's cores)."""
         names = list(self.crios)[:n]
         self.reset(names)
-        warmer = Warmer(WarmSettings(self.conf))
+        warmer = Warmer(WarmSettings(self.conf, rate=self.cap))  # fills the cache; not measured
         try:
             await warmer.warm(self.refs)
         finally:
@@ -141,20 +142,36 @@ class Bench:
         self.index, self.warm_seconds = self.index + 1, 0.0
         t0 = time.perf_counter()
         if method == "MCO-like":
-            await self._mco(names)
+            cpu = await self._mco(names)
         else:
-            await self._pinctl(names, warm=method == "pinsvc+warm")
+            cpu = await self._pinctl(names, warm=method == "pinsvc+warm")
         seconds = time.perf_counter() - t0
         for name in names:
             pinned = {p.lower() for p in self.crios[name].pinned_images()}
             if missing := [r for r in self.refs if r.lower() not in pinned]:
                 raise BenchError(f"{method}, N={n}: node {name}: {len(missing)} images not pinned")
         upstream = self.site.link.bytes
+        own = cpu["own"]
         return {"method": method, "nodes": n, "seconds": round(seconds, 2), "upstream_bytes": upstream,
                 "upstream_ratio": round(upstream / unique_bytes(self.images), 3),
-                **({"warm_seconds": round(self.warm_seconds, 2)} if self.warm_seconds else {})}
+                **({"warm_seconds": round(self.warm_seconds, 2)} if method == "pinsvc+warm" else {}),
+                "cpu_seconds": cpu, "own_cpu_per_node": round(own / n, 3),
+                "own_cpu_per_image_node": round(own / (n * len(self.refs)), 4),
+                "crio_cpu_per_image_node": round(sum(v for k, v in cpu.items() if k.startswith("crio-"))
+                                                 / (n * len(self.refs)), 4)}
 
-    async def _pinctl(self, names: list[str], *, warm: bool) -> None:
+    def _meter(self, names: list[str], agents: dict[str, AgentProcess] | None = None) -> CpuMeter:
+        """CPU of the nodes' CRI-Os, the cache, and the agents (see `_pinctl`, `_mco`)."""
+        pids = {f"crio-{n}": self.crios[n].pid for n in names}
+        pids.update({f"agent-{n}": a.proc.pid for n, a in (agents or {}).items()})
+        pids["cache"] = self.site.cache.pid
+        meter = CpuMeter(pids)
+        meter.start()
+        return meter
+
+    async def _pinctl(self, names: list[str], *, warm: bool) -> dict[str, float]:
+        """One `pinctl rollout`; CPU seconds per process, `own`: the agents' and pinctl's
+        (incl. its warm stage)."""
         work = self.root / f"run-{self.index}"
         agents = {n: AgentProcess(work / f"agent-{n}", self.crios[n], self.site.cache, **{"node-name": n})
                   for n in names}
@@ -168,6 +185,7 @@ class Bench:
                     str(endpoints), "-o", "json", "--record-dir", str(work / "records")]
             if warm:
                 argv += ["--warm-registries-conf", str(self.conf), "--warm-rate", str(int(self.cap))]
+            meter, children = self._meter(names, agents), resource.getrusage(resource.RUSAGE_CHILDREN)
             t0 = time.perf_counter()
             proc = await asyncio.create_subprocess_exec(*argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             err = []
@@ -177,11 +195,21 @@ class Bench:
                     self.warm_seconds = time.perf_counter() - t0
             if await proc.wait() != 0:
                 raise BenchError(f"pinctl rollout exited {proc.returncode}: {''.join(err)[-2000:]}")
+            cpu = meter.stop()
+            # pinctl is the only child reaped in between (the agents are reaped after)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu["pinctl"] = round(after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime, 3)
+            cpu["foreign"] = round(max(0.0, cpu["foreign"] - cpu["pinctl"]), 3)
+            cpu["own"] = round(cpu["pinctl"] + sum(v for k, v in cpu.items() if k.startswith("agent-")), 3)
+            return cpu
         finally:
             for agent in agents.values():
                 await asyncio.to_thread(agent.stop)
 
-    async def _mco(self, names: list[str]) -> None:
+    async def _mco(self, names: list[str]) -> dict[str, float]:
+        """The emulation on every node at once; CPU seconds per process, `own`: the
+        emulation's (this process' main thread, where it runs; the link's proxy runs in
+        another thread)."""
         cache = self.site.cache.host
 
         def via_cache(ref: str) -> str:  # the daemon's inspection follows registries.conf too
@@ -192,7 +220,11 @@ class Bench:
             async with grpc.aio.insecure_channel(f"unix://{crio.socket}") as channel:
                 await mco_like(api_pb2_grpc.ImageServiceStub(channel), crio, self.refs, inspect_as=via_cache)
 
+        meter, thread0 = self._meter(names), time.thread_time()
         await asyncio.gather(*(node(n) for n in names))
+        cpu = meter.stop()
+        cpu["own"] = round(time.thread_time() - thread0, 3)
+        return cpu
 
 
 async def run(bench: Bench, ns: list[int]) -> dict:
@@ -209,7 +241,9 @@ async def run(bench: Bench, ns: list[int]) -> dict:
             result["vs_ideal"] = round(result["seconds"] / ideal, 2)
             warm = f", warm {result['warm_seconds']:.1f} s" if "warm_seconds" in result else ""
             say(f"N={n} {method:12} {result['seconds']:7.1f} s ({result['vs_ideal']:.2f}x ideal{warm}), "
-                f"upstream {result['upstream_bytes'] / MiB:7.1f} MiB ({result['upstream_ratio']:.2f}x the set)")
+                f"upstream {result['upstream_bytes'] / MiB:7.1f} MiB ({result['upstream_ratio']:.2f}x the set), "
+                f"CPU {result['own_cpu_per_image_node'] * 1000:.1f} ms per image per node "
+                f"(CRI-O {result['crio_cpu_per_image_node'] * 1000:.1f} ms)")
             runs.append(result)
     return {"set_bytes": set_bytes, "images": len(bench.refs), "blobs": len({b.digest for i in bench.images
                                                                              for b in (i.config, *i.layers)}),
@@ -222,12 +256,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a ~10 MiB set, N = 1 and 3 (results in bench/results/quick)")
     parser.add_argument("--nodes", default="", help="comma-separated N (default: 1,3,5; quick: 1,3)")
     parser.add_argument("--cap", default="", help="the link's rate (default: 8MiB; quick: 4MiB)")
+    parser.add_argument("--images", type=int, default=FULL["images"],
+                        help="images in the set (default: %(default)s, 200 MiB; each one more adds 3 MiB)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = parser.parse_args(argv)
     ns = [int(n) for n in (args.nodes or ("1,3" if args.quick else "1,3,5")).split(",")]
     cap = parse_rate(args.cap or ("4MiB" if args.quick else "8MiB"))
     root = Path(tempfile.mkdtemp(prefix="pinsvc-bench-warm-"))
-    bench = Bench(root, cap=cap, nodes=max(ns), workload=QUICK if args.quick else FULL)
+    bench = Bench(root, cap=cap, nodes=max(ns), workload=QUICK if args.quick else dict(FULL, images=args.images))
     started = time.time()
     try:
         bench.start()

@@ -82,12 +82,22 @@ def section(docs: Path, source: Path = RESULTS / "warm.json") -> list[str]:
            f"({r['set_bytes'] / r['cap_bytes_per_second']:.1f} s) plus one LAN pull: the N nodes pulling the set "
            f"from a warm cache at once, measured per N ({lan}); the N nodes share this machine's "
            f"{mach['cores']} cores, so that pull grows with N here, where real nodes each pull with their own.", "",
-           "| N | method | wall s | x ideal | of which warm s | upstream MiB | x the set |",
-           "|---|---|---|---|---|---|---|"]
+           f"The machine is shared: {mach['cores']} cores on which other work ran at the same time (load average "
+           f"{', '.join(f'{x:g}' for x in mach['loadavg_end'])} at the end; `foreign CPU s`: the busy CPU of no process "
+           f"involved during the measurement). Absolute times are this machine's; the ratios, measured against "
+           f"baselines of the same run, are what carries over. CPU per image per node: **own**, pinsvc's agents "
+           f"and pinctl (its warm stage included), or the MCO-like emulation; **CRI-O**, the nodes' pulls.", "",
+           "| N | method | wall s | x ideal | of which warm s | upstream MiB | x the set | own CPU s per node "
+           "| own CPU ms per image per node | CRI-O CPU ms per image per node | cache CPU s | foreign CPU s |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for run in sorted(r["runs"], key=lambda x: (x["nodes"], METHODS.index(x["method"]))):
         warm = f"{run['warm_seconds']:.1f}" if "warm_seconds" in run else "-"
+        cpu = run.get("cpu_seconds", {})
         out.append(f"| {run['nodes']} | {run['method']} | {run['seconds']:.1f} | {run['vs_ideal']:.2f} | {warm} | "
-                   f"{run['upstream_bytes'] / MiB:.1f} | {run['upstream_ratio']:.2f} |")
+                   f"{run['upstream_bytes'] / MiB:.1f} | {run['upstream_ratio']:.2f} | "
+                   + (f"{run['own_cpu_per_node']:.2f} | {run['own_cpu_per_image_node'] * 1000:.1f} | "
+                      f"{run['crio_cpu_per_image_node'] * 1000:.1f} | {cpu['cache']:.1f} | {cpu['foreign']:.1f} |"
+                      if cpu else "- | - | - | - | - |"))
     warm = _runs(r, "pinsvc+warm")
     worst = max((x["upstream_ratio"] for x in warm), default=0)
     five = next((x for x in warm if x["nodes"] == max(y["nodes"] for y in warm)), None)
