@@ -66,11 +66,12 @@ def section(docs: Path, source: Path = RESULTS / "warm.json") -> list[str]:
         return []
     r = json.loads(source.read_text())
     mach, cap = r["machine"], r["cap_bytes_per_second"] / MiB
+    images = f" --images {r['images']}" if not r.get("quick") and r["images"] != 50 else ""  # the default: 50
     lan = ", ".join(f"N={n}: {t:.1f} s" for n, t in r["lan_pull_seconds"].items())
     rel = os.path.relpath(source.parent / "warm.png", docs.parent)
     out = ["## Slow links: the warm stage (issue 15)", "",
            f"Measured {r['started_utc']} on {mach['hostname']} ({mach['cpu_model']}, {mach['cores']} cores) by "
-           f"`python -m bench.warm`{' --quick' if r.get('quick') else ''} in {r['wall_seconds']} s: one PinnedImageSet "
+           f"`python -m bench.warm{' --quick' if r.get('quick') else ''}{images}` in {r['wall_seconds']} s: one PinnedImageSet "
            f"of {r['images']} images ({r['blobs']} blobs, {r['set_bytes'] / MiB:.1f} MiB compressed, in one repository "
            f"as a release payload keeps them) to N real CRI-O nodes whose registries.conf reaches the canonical "
            f"(unresolvable) name only through a site cache (Debian's docker-registry 2.8 in proxy mode) in front of "
